@@ -1,0 +1,26 @@
+# Two entry points: `make serve` (install, build the demo data, run the main job) and `make test`.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+PIP    := $(PY) -m pip --disable-pip-version-check -q
+
+.PHONY: install serve demo test bench clean
+
+install: $(STAMP)
+
+# Re-installs only when the dependency list changes; a second `make install` is a no-op.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install --upgrade pip 2>&1 | grep -v "is ignored" || true
+	$(PIP) install -e '.[test]' 2>&1 | grep -v -e "is ignored" -e "^ *$$" || true
+	@$(PY) -c "import data, embeddings, valuation, monitoring, serving, torch, open_clip, faiss, bentoml"
+	@touch $(STAMP)
+
+serve: install
+	$(VENV)/bin/pledgeval demo
+
+test: install
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q
+
+clean:
+	rm -rf var .pytest_cache

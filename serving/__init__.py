@@ -1,0 +1,1 @@
+"""Speaks to users: the pledgeval CLI and the BentoML HTTP service."""

@@ -1,0 +1,59 @@
+import polars as pl
+import pytest
+import sqlalchemy as sa
+from polars.testing import assert_frame_equal
+
+from data import Store, generate_demo_catalog
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return generate_demo_catalog(tmp_path_factory.mktemp("demo"), n_spus=60, seed=3)
+
+
+def load_all(store, demo):
+    for name in ("spus", "reviews", "orders", "market", "positions"):
+        store.upsert(name, getattr(demo, name))
+
+
+def test_round_trip_and_idempotent_reload(store, demo):
+    load_all(store, demo)
+    counts = {name: store.count(name) for name in ("spus", "reviews", "orders", "market", "positions")}
+    load_all(store, demo)  # the same files again: nothing duplicated
+    assert counts == {name: store.count(name) for name in counts}
+    assert counts["orders"] == demo.orders.height
+    for name in ("spus", "reviews", "market", "positions"):
+        got = store.read(name)
+        expected = getattr(demo, name).select(got.columns)
+        assert_frame_equal(got.sort(got.columns), expected.sort(got.columns), check_dtypes=True)
+
+
+def test_corrected_rows_replace_old_ones(store, demo):
+    load_all(store, demo)
+    first = demo.market.head(3).with_columns(pl.col("price") * 2)
+    store.upsert("market", first)
+    got = store.read("market", store.table("market").c.spu_id == first["spu_id"][0])
+    assert got.join(first, on=["spu_id", "date"]).select((pl.col("price") == pl.col("price_right")).all()).item()
+    assert store.count("market") == demo.market.height
+
+
+def test_failed_write_leaves_nothing(store, demo):
+    good = demo.positions.head(10)
+    bad = pl.concat([good, good.head(1).with_columns(pl.lit("P-BAD").alias("position_id"),
+                                                     pl.lit(None, dtype=pl.String).alias("borrower"))])
+    with pytest.raises(sa.exc.IntegrityError):
+        store.upsert("positions", bad)
+    assert store.count("positions") == 0
+
+
+def test_migrations_are_idempotent(store):
+    store.migrate()
+    store.migrate()
+    with store.engine.connect() as connection:
+        assert connection.execute(sa.text("select version_num from alembic_version")).scalar_one() == "0001"
+    assert {"spus", "reviews", "orders", "market", "positions"} <= set(store.metadata.tables)
+
+
+def test_unknown_table_refused(store):
+    with pytest.raises(ValueError, match="unknown table"):
+        store.read("loans")

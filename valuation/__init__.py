@@ -1,0 +1,1 @@
+"""Prices an SPU: value, interval, haircut, pledge price and admission."""
