@@ -3,6 +3,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PIP    := $(PY) -m pip --disable-pip-version-check -q
+SHELL  := /bin/bash
+.SHELLFLAGS := -o pipefail -ec
+QUIET  := { grep -v -e "is ignored: it is neither" || true; }  # this machine's pip config is noisy
 
 .PHONY: install serve demo test bench clean
 
@@ -11,8 +14,8 @@ install: $(STAMP)
 # Re-installs only when the dependency list changes; a second `make install` is a no-op.
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
-	$(PIP) install --upgrade pip 2>&1 | grep -v "is ignored" || true
-	$(PIP) install -e '.[test]' 2>&1 | grep -v -e "is ignored" -e "^ *$$" || true
+	$(PIP) install --upgrade pip 2>&1 | $(QUIET)
+	$(PIP) install -e '.[test]' 2>&1 | $(QUIET)
 	@$(PY) -c "import data, embeddings, valuation, monitoring, serving, torch, open_clip, faiss, bentoml"
 	@touch $(STAMP)
 
