@@ -1,7 +1,7 @@
 """Reads, checks and stores the tables of the book: SPUs, reviews, orders, market snapshots, positions."""
 
 from data.demo import DemoCatalog, generate_demo_catalog
-from data.loaders import DataFileError, LoadResult, Problem, load_table
+from data.loaders import DataFileError, LoadResult, Problem, load_catalog, load_table
 from data.market import derive_market
 from data.online_retail import OnlineRetail, read_online_retail
 from data.schemas import TABLES, TableSchema
@@ -9,5 +9,5 @@ from data.store import Store
 
 __all__ = [
     "TABLES", "DataFileError", "DemoCatalog", "LoadResult", "OnlineRetail", "Problem", "Store", "TableSchema",
-    "derive_market", "generate_demo_catalog", "load_table", "read_online_retail",
+    "derive_market", "generate_demo_catalog", "load_catalog", "load_table", "read_online_retail",
 ]

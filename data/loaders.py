@@ -200,3 +200,25 @@ def _rule_problems(typed, frame, schema: TableSchema, known_spus) -> pl.DataFram
     checks.append(_problems(typed, duplicated, ",".join(key), "duplicate key within the file",
                             pl.concat_str([pl.col(k).cast(pl.String) for k in key], separator="|")))
     return pl.concat(checks, how="vertical")
+
+
+CATALOG_TABLES = ("spus", "reviews", "orders", "market", "positions")
+
+
+def load_catalog(folder: Path | str, tables: Iterable[str] = CATALOG_TABLES) -> dict[str, pl.DataFrame]:
+    """The tables of a catalogue folder (``<table>.parquet|.csv|.jsonl``); ``spus`` is required, the rest
+    are read when present. References to SPUs are checked against the folder's own ``spus``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataFileError(folder, "catalog", [Problem(None, None, "catalogue folder not found")])
+    found: dict[str, pl.DataFrame] = {}
+    for table in tables:
+        path = next((folder / f"{table}{ext}" for ext in (".parquet", ".csv", ".jsonl") if (folder / f"{table}{ext}").is_file()),
+                    None)
+        if path is None:
+            if table == "spus":
+                raise DataFileError(folder, "spus", [Problem(None, None, "no spus.parquet/.csv/.jsonl in the folder")])
+            continue
+        known = found["spus"]["spu_id"] if table in REFERENCES_SPUS and "spus" in found else None
+        found[table] = load_table(path, table, known_spus=known).table
+    return found

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from data import DataFileError, Store, generate_demo_catalog, load_table, read_online_retail
+from data import DataFileError, Store, generate_demo_catalog, load_catalog, load_table, read_online_retail
 from data.schemas import REFERENCES_SPUS, TABLES
 from data.store import redact
 
@@ -22,6 +22,15 @@ errors = Console(stderr=True)
 DbOption = Annotated[Optional[str], typer.Option("--db", help="Database URL (default: $PLEDGEVAL_DB_URL or "
                                                                "sqlite:///var/pledgeval.db).")]
 LOAD_ORDER = ("spus", "reviews", "orders", "market", "positions")
+DEFAULT_TOWER = Path("var/models/image-tower.pt")
+DEFAULT_INDEX = Path("var/index")
+
+embed_app = typer.Typer(help="Encoders: train the in-domain image tower.", no_args_is_help=True)
+index_app = typer.Typer(help="The FAISS SPU index: build it, search it.", no_args_is_help=True)
+app.add_typer(embed_app, name="embed")
+app.add_typer(index_app, name="index")
+ConfigOption = Annotated[str, typer.Option("--config", help="Encoder config: a name in embeddings/configs or a "
+                                                             "JSON path.")]
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -105,6 +114,106 @@ def demo(
             _fail(str(exc))
     _print_counts(f"demo catalogue {folder} -> {redact(store.url)}", counts)
     _print_book(store)
+
+
+@embed_app.command("train")
+def embed_train(
+    catalog: Annotated[Path, typer.Option(help="Catalogue folder with spus (+ images).")],
+    out: Annotated[Path, typer.Option(help="Where to save the image-tower checkpoint.")] = DEFAULT_TOWER,
+    config: ConfigOption = "minilm-rn-tiny",
+    epochs: int = 20,
+    batch_size: int = 128,
+    seed: int = 0,
+    time_budget: Annotated[Optional[float], typer.Option(help="Stop after the epoch that passes this many "
+                                                             "seconds.")] = None,
+) -> None:
+    """Train the image tower against the locked text tower (open_clip ClipLoss) on (image, title) pairs."""
+    from embeddings import create_encoder, train_image_tower
+
+    spus = _catalog(catalog, ("spus",))["spus"].filter(pl.col("images").list.len() > 0)
+    if spus.height < 20:
+        _fail(f"{catalog}: only {spus.height} SPUs with images; training needs at least 20")
+    encoder = create_encoder(config)
+    console.print(f"training the image tower of '{config}' on {spus.height} (image, title) pairs ...")
+    report = train_image_tower(encoder, spus["title"].to_list(), spus["images"].list.first().to_list(),
+                               epochs=epochs, batch_size=batch_size, seed=seed, time_budget_s=time_budget,
+                               checkpoint=out, log=console.print)
+    console.print(f"held-out image->title recall@1 {report.recall_at_1:.3f}  @5 {report.recall_at_5:.3f}  "
+                  f"@10 {report.recall_at_10:.3f}  (chance@5 {report.chance_at_5:.3f}, {report.n_test} SPUs); "
+                  f"{report.seconds:.0f}s; saved {out}")
+
+
+@index_app.command("build")
+def index_build(
+    catalog: Annotated[Optional[Path], typer.Option(help="Catalogue folder (spus, reviews, orders).")] = None,
+    online_retail: Annotated[Optional[Path], typer.Option(help="Online Retail order lines instead.")] = None,
+    out: Annotated[Path, typer.Option(help="Index folder.")] = DEFAULT_INDEX,
+    config: ConfigOption = "minilm-rn-tiny",
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Trained tower weights (default: "
+                                                            f"{DEFAULT_TOWER} when it exists).")] = None,
+    kind: Annotated[str, typer.Option(help="auto | flat | hnsw | ivfpq")] = "auto",
+    cache: Annotated[Path, typer.Option(help="Vector cache file.")] = Path("var/cache/vectors.db"),
+) -> None:
+    """Embed every SPU and write the FAISS SPU index (atomically)."""
+    from embeddings import SpuEmbedder
+    from embeddings.catalog import build_spu_index
+
+    if (catalog is None) == (online_retail is None):
+        _fail("give exactly one of --catalog or --online-retail")
+    if online_retail is not None:
+        retail = read_online_retail(online_retail)
+        tables = {"spus": retail.spus, "orders": retail.orders}
+    else:
+        tables = _catalog(catalog, ("spus", "reviews", "orders"))
+    embedder = SpuEmbedder(_encoder(config, checkpoint), cache_path=cache, progress=True)
+    index, _ = build_spu_index(embedder, tables["spus"], tables.get("reviews"), tables.get("orders"), kind=kind)
+    index.save(out)
+    console.print(f"indexed {len(index)} SPUs ({index.resolved_kind(len(index))}, encoder "
+                  f"{index.fingerprint}) -> {out}")
+
+
+@index_app.command("search")
+def index_search(
+    title: Annotated[Optional[str], typer.Option(help="Search by title.")] = None,
+    image: Annotated[Optional[Path], typer.Option(help="Search by image file.")] = None,
+    index: Annotated[Path, typer.Option(help="Index folder.")] = DEFAULT_INDEX,
+    k: int = 5,
+    config: ConfigOption = "minilm-rn-tiny",
+    checkpoint: Optional[Path] = None,
+) -> None:
+    """Top-k known SPUs for a title and/or an image."""
+    from embeddings import ImageError, IndexMismatchError, SpuEmbedder, SpuIndex
+
+    encoder = _encoder(config, checkpoint)
+    try:
+        spu_index = SpuIndex.load(index, fingerprint=encoder.fingerprint)
+        query = SpuEmbedder(encoder).query(title, [image] if image else [])
+    except (IndexMismatchError, FileNotFoundError, ImageError, ValueError) as exc:
+        _fail(str(exc))
+    hits = spu_index.search(query, k)[0].join(spu_index.meta.select("spu_id", "title"), on="spu_id", how="left")
+    table = Table(title=f"top {k} for {title or image}")
+    for column in ("spu_id", "score", "title"):
+        table.add_column(column)
+    for row in hits.iter_rows(named=True):
+        table.add_row(row["spu_id"], f"{row['score']:.3f}", row["title"] or "")
+    console.print(table)
+
+
+def _encoder(config: str, checkpoint: Optional[Path]):
+    from embeddings import create_encoder
+
+    if checkpoint is None and DEFAULT_TOWER.is_file() and config == "minilm-rn-tiny":
+        checkpoint = DEFAULT_TOWER
+    if checkpoint is not None and not checkpoint.is_file():
+        _fail(f"checkpoint not found: {checkpoint}")
+    return create_encoder(config, checkpoint=checkpoint)
+
+
+def _catalog(folder: Path, tables) -> dict[str, pl.DataFrame]:
+    try:
+        return load_catalog(folder, tables)
+    except DataFileError as exc:
+        _fail(str(exc))
 
 
 def _print_counts(title: str, counts: dict[str, int]) -> None:

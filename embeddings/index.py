@@ -1,0 +1,216 @@
+"""The SPU index: FAISS over SPU vectors, stable int64 ids mapped to spu_id, metadata in parquet.
+
+Inner product on L2-normalised vectors (= cosine). The FAISS structure is chosen by size: exact
+(``flat``) below ``EXACT_BELOW`` vectors, ``hnsw`` above; ``ivfpq`` on request for memory-bound books.
+
+On disk a saved index is a folder with ``manifest.json`` pointing at one generation of files
+(``index-<gen>.faiss``, ``meta-<gen>.parquet``). A save writes a new generation, then swaps the
+manifest with an atomic rename: a crash at any point leaves the previous generation loadable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import uuid
+from pathlib import Path
+
+import faiss
+import numpy as np
+import polars as pl
+
+EXACT_BELOW = 50_000
+KINDS = ("auto", "flat", "hnsw", "ivfpq")
+FORMAT_VERSION = 1
+
+
+class IndexMismatchError(ValueError):
+    """An index built by a different encoder (or of another shape) than the one in use."""
+
+
+class UnknownSpuError(KeyError):
+    def __str__(self) -> str:
+        return f"unknown spu_id: {', '.join(map(str, self.args[0]))}"
+
+
+class SpuIndex:
+    def __init__(self, dim: int, fingerprint: str, kind: str = "auto", *, hnsw_m: int = 32,
+                 ef_search: int = 128, nprobe: int = 16):
+        if kind not in KINDS:
+            raise ValueError(f"index kind must be one of {KINDS}, got {kind!r}")
+        self.dim, self.fingerprint, self.kind = dim, fingerprint, kind
+        self.hnsw_m, self.ef_search, self.nprobe = hnsw_m, ef_search, nprobe
+        self.meta = pl.DataFrame(schema={"id": pl.Int64, "spu_id": pl.String})
+        self._index: faiss.Index | None = None
+        self._kind_built: str | None = None
+        self._next_id = 0
+        self.state: dict = {}  # small JSON-able state saved with the index (e.g. the embedder's scaler)
+
+    # -- building -----------------------------------------------------------------------------
+    def resolved_kind(self, n: int) -> str:
+        return self.kind if self.kind != "auto" else ("flat" if n < EXACT_BELOW else "hnsw")
+
+    def _new_index(self, kind: str, train: np.ndarray | None = None) -> faiss.Index:
+        if kind == "flat":
+            base = faiss.IndexFlatIP(self.dim)
+        elif kind == "hnsw":
+            base = faiss.IndexHNSWFlat(self.dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            base.hnsw.efConstruction = 80
+            base.hnsw.efSearch = self.ef_search
+        else:
+            nlist = max(16, int(4 * np.sqrt(len(train))))
+            sub = next(m for m in (64, 48, 32, 16, 8, 4, 2, 1) if self.dim % m == 0)
+            base = faiss.IndexIVFPQ(faiss.IndexFlatIP(self.dim), self.dim, nlist, sub, 8, faiss.METRIC_INNER_PRODUCT)
+            base.train(train)
+            base.nprobe = self.nprobe
+            base.set_direct_map_type(faiss.DirectMap.Hashtable)  # reconstruct and remove by id
+        return faiss.IndexIDMap2(base)
+
+    def __len__(self) -> int:
+        return self.meta.height
+
+    def _check(self, vectors: np.ndarray) -> np.ndarray:
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise ValueError(f"vectors must have shape (n, {self.dim}), got {vectors.shape}")
+        if not np.isfinite(vectors).all():
+            raise ValueError("vectors contain NaN or infinite values")
+        return vectors
+
+    def add(self, spu_ids: list[str], vectors: np.ndarray, meta: pl.DataFrame | None = None) -> None:
+        """Add SPUs; an spu_id already in the index is updated in place (keeps its id)."""
+        vectors = self._check(vectors)
+        if len(spu_ids) != len(vectors):
+            raise ValueError(f"{len(spu_ids)} spu_ids for {len(vectors)} vectors")
+        if len(set(spu_ids)) != len(spu_ids):
+            raise ValueError("duplicate spu_id in one add")
+        existing = dict(zip(self.meta["spu_id"].to_list(), self.meta["id"].to_list()))
+        updating = [s for s in spu_ids if s in existing]
+        if updating:
+            self.remove(updating, _keep_ids=True)
+        ids = np.array([existing.get(s, -1) for s in spu_ids], dtype=np.int64)
+        fresh = ids < 0
+        ids[fresh] = np.arange(self._next_id, self._next_id + int(fresh.sum()))
+        self._next_id += int(fresh.sum())
+
+        if self._index is None or self.resolved_kind(len(self) + len(ids)) != self._built_kind:
+            self._rebuild(extra=(ids, vectors))
+        else:
+            self._index.add_with_ids(vectors, ids)
+        rows = pl.DataFrame({"id": ids, "spu_id": spu_ids})
+        if meta is not None:
+            rows = rows.join(meta, on="spu_id", how="left")
+        self.meta = pl.concat([self.meta, rows], how="diagonal_relaxed").sort("id")
+
+    def remove(self, spu_ids: list[str], *, _keep_ids: bool = False) -> None:
+        known = set(self.meta["spu_id"].to_list())
+        unknown = [s for s in spu_ids if s not in known]
+        if unknown:
+            raise UnknownSpuError(unknown)
+        ids = self.meta.filter(pl.col("spu_id").is_in(spu_ids))["id"].to_numpy()
+        if self._built_kind == "hnsw":  # HNSW cannot delete in place: rebuild from the stored vectors
+            keep = self.meta.filter(~pl.col("spu_id").is_in(spu_ids))["id"].to_numpy()
+            vectors = self.vectors(keep)
+            self.meta = self.meta.filter(~pl.col("spu_id").is_in(spu_ids))
+            self._index = None
+            self._rebuild(extra=(keep, vectors), from_scratch=True)
+        else:
+            self._index.remove_ids(ids.astype(np.int64))
+            self.meta = self.meta.filter(~pl.col("spu_id").is_in(spu_ids))
+
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        if len(ids) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack([self._index.reconstruct(int(i)) for i in ids]).astype(np.float32)
+
+    @property
+    def _built_kind(self) -> str | None:
+        return self._kind_built
+
+    def _rebuild(self, extra: tuple[np.ndarray, np.ndarray], from_scratch: bool = False) -> None:
+        old_ids = self.meta["id"].to_numpy() if (self._index is not None and not from_scratch) else np.zeros(0, np.int64)
+        old = self.vectors(old_ids) if len(old_ids) else np.zeros((0, self.dim), dtype=np.float32)
+        ids = np.concatenate([old_ids, extra[0]]).astype(np.int64)
+        vectors = np.concatenate([old, extra[1]])
+        kind = self.resolved_kind(len(ids))
+        self._index = self._new_index(kind, train=vectors if kind == "ivfpq" else None)
+        self._kind_built = kind
+        if len(ids):
+            self._index.add_with_ids(vectors, ids)
+
+    # -- searching ----------------------------------------------------------------------------
+    def search(self, vectors: np.ndarray, k: int = 10, exclude: list[str] | None = None) -> list[pl.DataFrame]:
+        """Top-k per query: spu_id and score (cosine), best first; ``exclude`` drops those spu_ids."""
+        vectors = self._check(np.atleast_2d(vectors))
+        if not len(self):
+            return [pl.DataFrame(schema={"spu_id": pl.String, "score": pl.Float32}) for _ in vectors]
+        fetch = min(len(self), k + len(exclude or []))
+        scores, ids = self._index.search(vectors, fetch)
+        id_to_spu = dict(zip(self.meta["id"].to_list(), self.meta["spu_id"].to_list()))
+        skip = set(exclude or [])
+        results = []
+        for row_scores, row_ids in zip(scores, ids):
+            hits = [(id_to_spu[i], s) for i, s in zip(row_ids.tolist(), row_scores.tolist())
+                    if i >= 0 and id_to_spu.get(i) not in skip][:k]
+            results.append(pl.DataFrame(hits, schema={"spu_id": pl.String, "score": pl.Float32}, orient="row"))
+        return results
+
+    def search_arrays(self, vectors: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """Raw FAISS answer (scores, int64 ids) for batch work and benchmarks."""
+        return self._index.search(self._check(vectors), k)
+
+    # -- persistence --------------------------------------------------------------------------
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        generation = uuid.uuid4().hex[:12]
+        index_file, meta_file = f"index-{generation}.faiss", f"meta-{generation}.parquet"
+        if self._index is not None:
+            faiss.write_index(self._index, str(folder / index_file))
+        self.meta.write_parquet(folder / meta_file)
+        manifest = {"format": FORMAT_VERSION, "fingerprint": self.fingerprint, "dim": self.dim, "kind": self.kind,
+                    "built_kind": self._built_kind, "count": len(self), "next_id": self._next_id,
+                    "index_file": index_file if self._index is not None else None, "meta_file": meta_file,
+                    "hnsw_m": self.hnsw_m, "ef_search": self.ef_search, "nprobe": self.nprobe, "state": self.state}
+        _atomic_write_text(folder / "manifest.json", json.dumps(manifest, indent=1))
+        for stale in folder.glob("*-*.*"):
+            if stale.name not in (index_file, meta_file) and stale.suffix in (".faiss", ".parquet"):
+                stale.unlink(missing_ok=True)
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, fingerprint: str | None = None) -> "SpuIndex":
+        folder = Path(folder)
+        manifest_path = folder / "manifest.json"
+        if not manifest_path.is_file():
+            raise FileNotFoundError(f"no SPU index at {folder} (manifest.json missing)")
+        manifest = json.loads(manifest_path.read_text())
+        if fingerprint is not None and manifest["fingerprint"] != fingerprint:
+            raise IndexMismatchError(
+                f"the SPU index at {folder} was built by encoder {manifest['fingerprint']}, but the encoder in use "
+                f"is {fingerprint}; rebuild the index with this encoder (pledgeval index build)")
+        index = cls(manifest["dim"], manifest["fingerprint"], manifest["kind"], hnsw_m=manifest["hnsw_m"],
+                    ef_search=manifest["ef_search"], nprobe=manifest["nprobe"])
+        index.meta = pl.read_parquet(folder / manifest["meta_file"])
+        index._next_id = manifest["next_id"]
+        index.state = manifest.get("state", {})
+        if manifest["index_file"]:
+            index._index = faiss.read_index(str(folder / manifest["index_file"]))
+            index._kind_built = manifest["built_kind"]
+            if index._kind_built == "hnsw":
+                faiss.downcast_index(index._index.index).hnsw.efSearch = index.ef_search
+        return index
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
