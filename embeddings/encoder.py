@@ -100,9 +100,23 @@ class Encoder:
         self.tokenizer = tokenizer
         self.preprocess = preprocess
         self.pad_id = _pad_id(model, tokenizer)
+        self.trims_padding = self._supports_short_sequences()
         with torch.inference_mode():
-            self.dim = int(model.encode_text(tokenizer(["x"])[:, :4]).shape[-1])
+            self.dim = int(model.encode_text(tokenizer(["x"])).shape[-1])
         self.fingerprint = self._fingerprint()
+
+    @torch.inference_mode()
+    def _supports_short_sequences(self) -> bool:
+        """HF towers mask padding, so cutting it changes nothing; open_clip's own CLIP text tower adds a
+        fixed-length positional embedding and must see the full context. Probe rather than guess."""
+        probe = ["a red leather handbag", "mug"]
+        full = self.tokenizer(probe)
+        length = int((full != self.pad_id).sum(dim=1).max())
+        try:
+            short = self.model.encode_text(full[:, :length])
+        except RuntimeError:
+            return False
+        return bool(torch.allclose(short, self.model.encode_text(full), atol=1e-4))
 
     def _fingerprint(self) -> str:
         # Only what decides the numbers: architecture/source, the weights on top, the init seed.
@@ -115,7 +129,9 @@ class Encoder:
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         """Tokens cut to the longest text of the batch: never padded to the tower's full context."""
         tokens = self.tokenizer(list(texts))
-        length = int((tokens != self.pad_id).sum(dim=1).max()) if len(texts) else 0
+        if not getattr(self, "trims_padding", False) or not len(texts):
+            return tokens
+        length = int((tokens != self.pad_id).sum(dim=1).max())
         return tokens[:, :max(length, 1)]
 
     @torch.inference_mode()

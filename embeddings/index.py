@@ -59,12 +59,16 @@ class SpuIndex:
             base.hnsw.efConstruction = 80
             base.hnsw.efSearch = self.ef_search
         else:
-            nlist = max(16, int(4 * np.sqrt(len(train))))
+            # FAISS wants ~39 training points per centroid, for the lists and for each PQ codebook.
+            nlist = int(np.clip(np.sqrt(len(train)), 1, max(1, len(train) // 39)))
+            bits = int(np.clip(np.floor(np.log2(max(len(train), 1) / 39)), 1, 8))
             sub = next(m for m in (64, 48, 32, 16, 8, 4, 2, 1) if self.dim % m == 0)
-            base = faiss.IndexIVFPQ(faiss.IndexFlatIP(self.dim), self.dim, nlist, sub, 8, faiss.METRIC_INNER_PRODUCT)
+            base = faiss.IndexIVFPQ(faiss.IndexFlatIP(self.dim), self.dim, nlist, sub, bits,
+                                    faiss.METRIC_INNER_PRODUCT)
             base.train(train)
             base.nprobe = self.nprobe
-            base.set_direct_map_type(faiss.DirectMap.Hashtable)  # reconstruct and remove by id
+            base.set_direct_map_type(faiss.DirectMap.Hashtable)  # IVF keeps our ids: reconstruct/remove by id
+            return base
         return faiss.IndexIDMap2(base)
 
     def __len__(self) -> int:
@@ -109,14 +113,17 @@ class SpuIndex:
         if unknown:
             raise UnknownSpuError(unknown)
         ids = self.meta.filter(pl.col("spu_id").is_in(spu_ids))["id"].to_numpy()
-        if self._built_kind == "hnsw":  # HNSW cannot delete in place: rebuild from the stored vectors
+        if self._built_kind == "hnsw":  # HNSW cannot delete in place: rebuild from its stored vectors
             keep = self.meta.filter(~pl.col("spu_id").is_in(spu_ids))["id"].to_numpy()
             vectors = self.vectors(keep)
             self.meta = self.meta.filter(~pl.col("spu_id").is_in(spu_ids))
             self._index = None
             self._rebuild(extra=(keep, vectors), from_scratch=True)
         else:
-            self._index.remove_ids(ids.astype(np.int64))
+            ids = np.ascontiguousarray(ids, dtype=np.int64)
+            # IVF's hashtable direct map removes only by an explicit id array.
+            selector = faiss.IDSelectorArray(len(ids), faiss.swig_ptr(ids)) if self._built_kind == "ivfpq" else ids
+            self._index.remove_ids(selector)
             self.meta = self.meta.filter(~pl.col("spu_id").is_in(spu_ids))
 
     def vectors(self, ids: np.ndarray) -> np.ndarray:
@@ -200,6 +207,8 @@ class SpuIndex:
             index._kind_built = manifest["built_kind"]
             if index._kind_built == "hnsw":
                 faiss.downcast_index(index._index.index).hnsw.efSearch = index.ef_search
+            elif index._kind_built == "ivfpq":
+                index._index.nprobe = index.nprobe
         return index
 
 

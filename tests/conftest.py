@@ -51,3 +51,19 @@ def store(request, tmp_path):
         with admin.begin() as connection:
             connection.execute(sa.text(f'drop schema "{schema}" cascade'))
         admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def encoder():
+    from embeddings import create_encoder
+
+    return create_encoder()
+
+
+@pytest.fixture(scope="session")
+def small_catalog(tmp_path_factory):
+    from data import generate_demo_catalog, load_catalog
+
+    folder = tmp_path_factory.mktemp("catalog")
+    generate_demo_catalog(folder, n_spus=120, seed=5)
+    return folder, load_catalog(folder)
