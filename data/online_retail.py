@@ -93,8 +93,10 @@ def title_variants(path: Path | str) -> pl.DataFrame:
     """Every distinct (spu_id, title) spelling: codes with several are same-SPU positive pairs."""
     raw = read_raw(Path(path), "online_retail")
     return (
-        raw.select(pl.col("StockCode").cast(pl.String).str.to_uppercase().alias("spu_id"),
-                   pl.col("Description").cast(pl.String).str.strip_chars().alias("title"))
+        # zero-price lines are stock adjustments whose "descriptions" are notes ("damaged", "check")
+        raw.filter(pl.col("UnitPrice").cast(pl.Float64, strict=False) > 0)
+        .select(pl.col("StockCode").cast(pl.String).str.strip_chars().str.to_uppercase().alias("spu_id"),
+                pl.col("Description").cast(pl.String).str.strip_chars().alias("title"))
         .filter(pl.col("spu_id").str.contains(PRODUCT_CODE) & pl.col("title").is_not_null())
         .unique(maintain_order=True)
         .sort("spu_id", "title")

@@ -44,6 +44,8 @@ class SpuIndex:
         self.meta = pl.DataFrame(schema={"id": pl.Int64, "spu_id": pl.String})
         self._index: faiss.Index | None = None
         self._kind_built: str | None = None
+        self._lookup: np.ndarray | None = None
+        self._lookup_for: pl.DataFrame | None = None
         self._next_id = 0
         self.state: dict = {}  # small JSON-able state saved with the index (e.g. the embedder's scaler)
 
@@ -154,14 +156,22 @@ class SpuIndex:
             return [pl.DataFrame(schema={"spu_id": pl.String, "score": pl.Float32}) for _ in vectors]
         fetch = min(len(self), k + len(exclude or []))
         scores, ids = self._index.search(vectors, fetch)
-        id_to_spu = dict(zip(self.meta["id"].to_list(), self.meta["spu_id"].to_list()))
+        spu_of = self._spu_of()
         skip = set(exclude or [])
         results = []
         for row_scores, row_ids in zip(scores, ids):
-            hits = [(id_to_spu[i], s) for i, s in zip(row_ids.tolist(), row_scores.tolist())
-                    if i >= 0 and id_to_spu.get(i) not in skip][:k]
+            hits = [(spu_of[i], s) for i, s in zip(row_ids.tolist(), row_scores.tolist())
+                    if i >= 0 and spu_of[i] is not None and spu_of[i] not in skip][:k]
             results.append(pl.DataFrame(hits, schema={"spu_id": pl.String, "score": pl.Float32}, orient="row"))
         return results
+
+    def _spu_of(self) -> np.ndarray:
+        """id -> spu_id as an array (ids are dense), rebuilt only after the index changed."""
+        if self._lookup is None or self._lookup_for is not self.meta:
+            lookup = np.full(self._next_id, None, dtype=object)
+            lookup[self.meta["id"].to_numpy()] = self.meta["spu_id"].to_numpy()
+            self._lookup, self._lookup_for = lookup, self.meta
+        return self._lookup
 
     def search_arrays(self, vectors: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Raw FAISS answer (scores, int64 ids) for batch work and benchmarks."""

@@ -7,13 +7,46 @@ queries whose true SPU is in the index (positives) and queries whose SPU is not 
 - precision = true / declared; recall = true / positive queries.
 The threshold is the lowest score that keeps precision at or above the target (fewest missed
 matches at that precision), or the best F1 if no threshold reaches the target.
+
+Sentence encoders place "PINK CHERRY LIGHTS" next to "WHITE CHERRY LIGHTS" (cosine ~0.9): the same
+family, but another SPU. Before the threshold, candidates whose titles name a *different* colour,
+number or size than the query's are passed over (a facet one title lacks is no conflict: "POPCORN
+HOLDER" and "SMALL POPCORN HOLDER" can be one SPU).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import polars as pl
+
+COLOUR_WORDS = frozenset("""RED PINK BLUE GREEN WHITE BLACK IVORY PURPLE YELLOW ORANGE GOLD SILVER BROWN GREY GRAY
+TURQUOISE CREAM LILAC AMETHYST NAVY BEIGE TEAL MIDNIGHT CLEAR COPPER BRONZE""".split())
+SIZE_WORDS = frozenset("SMALL LARGE MEDIUM MINI JUMBO XL XXL BIG GIANT".split())
+
+
+def _facets(title: str) -> tuple[set, set, set]:
+    tokens = re.findall(r"[A-Z]+|\d+", (title or "").upper())
+    return ({t for t in tokens if t in COLOUR_WORDS}, {t for t in tokens if t.isdigit()},
+            {t for t in tokens if t in SIZE_WORDS})
+
+
+def title_conflict(a: str, b: str) -> bool:
+    """True when both titles name a colour, number or size and they differ."""
+    return any(x and y and x != y for x, y in zip(_facets(a), _facets(b)))
+
+
+def best_candidate(query_title: str | None, hits: pl.DataFrame) -> tuple[str | None, float]:
+    """The best-scoring hit (spu_id, score, title) that does not conflict with the query's title; if
+    every hit conflicts, the top hit with score 0 (never a match)."""
+    if hits.height == 0:
+        return None, 0.0
+    for spu_id, score, title in hits.select("spu_id", "score", "title").iter_rows():
+        if not query_title or not title_conflict(query_title, title or ""):
+            return spu_id, float(score)
+    return hits["spu_id"][0], 0.0
 
 
 @dataclass(frozen=True)

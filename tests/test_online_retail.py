@@ -36,7 +36,7 @@ def test_title_is_most_used_spelling_and_variants(online_retail_path):
     retail = read_online_retail(online_retail_path)
     variants = title_variants(online_retail_path)
     multi = variants.group_by("spu_id").len().filter(pl.col("len") > 1)
-    assert multi.height > 100  # the same-SPU positive pairs the index calibrates on
+    assert multi.height > 100  # the same-SPU positive pairs the threshold is calibrated on
     code = multi["spu_id"][0]
     raw = read_raw(online_retail_path, "online_retail").filter(pl.col("StockCode") == code)
     counts = raw.group_by("Description").len().sort("len", descending=True)

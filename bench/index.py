@@ -1,0 +1,87 @@
+"""SPU index: recall@10 against exact search, single-query latency, build time.
+
+    python bench/index.py --quick          # 100k clustered vectors
+    python bench/index.py --n 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench._common import print_table  # noqa: E402
+from embeddings import SpuIndex  # noqa: E402
+
+
+def clustered(n: int, dim: int, rng: np.random.Generator, n_clusters: int) -> np.ndarray:
+    """Random but clustered like product vectors: a few thousand product families, spread within."""
+    centres = rng.normal(size=(n_clusters, dim)).astype(np.float32)
+    out = np.empty((n, dim), dtype=np.float32)
+    for start in range(0, n, 100_000):
+        stop = min(n, start + 100_000)
+        out[start:stop] = centres[rng.integers(0, n_clusters, stop - start)] \
+            + 0.6 * rng.normal(size=(stop - start, dim)).astype(np.float32)
+    out /= np.linalg.norm(out, axis=1, keepdims=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="100k vectors")
+    parser.add_argument("--n", type=int, default=None)
+    parser.add_argument("--dim", type=int, default=384, help="the default encoder's dimension")
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--kind", default="auto")
+    args = parser.parse_args()
+    n = args.n or 100_000
+    rng = np.random.default_rng(0)
+    data = clustered(n, args.dim, rng, n_clusters=max(100, n // 50))
+    queries = data[rng.integers(0, n, args.queries)] + 0.05 * rng.normal(size=(args.queries, args.dim)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    ids = [f"S{i}" for i in range(n)]
+
+    exact = faiss.IndexFlatIP(args.dim)
+    exact.add(data)
+    t0 = time.perf_counter()
+    _, truth = exact.search(queries, 10)
+    exact_ms = (time.perf_counter() - t0) / args.queries * 1000
+
+    index = SpuIndex(args.dim, "bench", args.kind)
+    t0 = time.perf_counter()
+    index.add(ids, data)
+    build_s = time.perf_counter() - t0
+    _, found = index.search_arrays(queries, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found.tolist(), truth.tolist())])
+
+    faiss.omp_set_num_threads(1)  # a request is one query: time one at a time, one thread, as served
+    latencies = []
+    for q in queries:
+        t = time.perf_counter()
+        index.search_arrays(q[None, :], 10)
+        latencies.append((time.perf_counter() - t) * 1000)
+    api = []
+    for q in queries[:200]:  # the public call: spu_ids and scores for one query
+        t = time.perf_counter()
+        index.search(q[None, :], 10)
+        api.append((time.perf_counter() - t) * 1000)
+    api_ms = float(np.percentile(api, 99))
+    p50, p99 = np.percentile(latencies, [50, 99])
+
+    kind = index.resolved_kind(n)
+    print_table(f"SPU index, {n:,} clustered vectors of {args.dim} dims, {args.queries} queries",
+                ["index", "build s", "recall@10 vs exact", "p50 ms", "p99 ms", "exact ms/query (batched)",
+                 "search() p99 ms (with spu_ids)"],
+                [[kind, f"{build_s:.1f}", f"{recall:.4f}", f"{p50:.3f}", f"{p99:.3f}", f"{exact_ms:.3f}",
+                  f"{api_ms:.3f}"]])
+    print(f"recall_at_10={recall:.4f} p50_ms={p50:.3f} p99_ms={p99:.3f} build_s={build_s:.1f} n={n} kind={kind} "
+          f"exact_ms={exact_ms:.3f}")
+
+
+if __name__ == "__main__":
+    main()
