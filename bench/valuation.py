@@ -1,0 +1,142 @@
+"""Valuation measured on real data, against baselines, on a time-based split.
+
+Online Retail: train on order lines before 2011-06-01; test on SPUs first sold 2011-06-01..2011-08-31,
+valued by title alone (all a new SPU has here) against the median unit price of their first 30 days.
+Training SPUs are priced the same way (median of their first 30 days, within the training period).
+Also: the demo catalogue with and without images, to show what the image tower adds.
+
+    python bench/valuation.py --online-retail ../shared/data/online_retail [--skip-demo]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import Ridge
+from sklearn.pipeline import make_pipeline
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench._common import print_table, shared  # noqa: E402
+from data import read_online_retail  # noqa: E402
+from embeddings import SpuEmbedder, SpuIndex, create_encoder  # noqa: E402
+from valuation.metrics import value_metrics  # noqa: E402
+from valuation.training import ValueModel, launch_prices, subset  # noqa: E402
+
+
+def evaluate(embedder, train_spus, train_targets, test_spus, test_targets, reviews=None, use_images=True):
+    """Fit the cold head on train SPUs, value test SPUs; returns ours + baselines as metric dicts."""
+    spus = pl.concat([train_spus, test_spus], how="diagonal_relaxed")
+    if not use_images and "images" in spus.columns:
+        spus = spus.with_columns(pl.lit([], dtype=pl.List(pl.String)).alias("images"))
+    vectors = embedder.embed(spus, reviews)
+    position = {s: i for i, s in enumerate(vectors.spu_ids)}
+    train_rows = np.array([position[s] for s in train_targets["spu_id"]])
+    index = SpuIndex(embedder.encoder.dim, embedder.encoder.fingerprint, "flat")
+    index.add(train_targets["spu_id"].to_list(), vectors.content[train_rows])
+
+    titles = dict(zip(spus["spu_id"].to_list(), spus["title"].to_list()))
+    t0 = time.perf_counter()
+    model = ValueModel().fit(index, vectors, titles, train_targets, reviews)
+    fit_s = time.perf_counter() - t0
+    test = subset(vectors, test_targets["spu_id"].to_list())
+    values, comparables = model.predict(index, test, [titles[s] for s in test.spu_ids], reviews)
+    mid, low, high = (values[c].to_numpy() for c in ("log_value", "log_low", "log_high"))
+    actual = test_targets["price"].to_numpy()
+    results = {"ours": value_metrics(actual, np.exp(mid), np.exp(low), np.exp(high))}
+    results["ours"]["chosen"] = model.cold.head_.chosen_
+    results["ours"]["fit_s"] = fit_s
+
+    y_train = train_targets["price"].to_numpy()
+    results["global median"] = value_metrics(actual, np.full(len(actual), np.median(y_train)))
+    results["nearest-title neighbour"] = value_metrics(actual, np.exp([p[0] for p in comparables.log_price]))
+    train_titles = train_spus.join(train_targets.select("spu_id"), on="spu_id", how="semi").sort("spu_id")
+    ordered = train_targets.sort("spu_id")
+    tfidf = make_pipeline(TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=2, sublinear_tf=True),
+                          Ridge(alpha=1.0))
+    tfidf.fit(train_titles["title"].to_list(), np.log(ordered["price"].to_numpy()))
+    test_titles = test_spus.join(test_targets.select("spu_id"), on="spu_id", how="semi")
+    test_titles = test_targets.select("spu_id").join(test_titles, on="spu_id", how="left")
+    results["TF-IDF + Ridge"] = value_metrics(actual, np.exp(tfidf.predict(test_titles["title"].to_list())))
+    return results
+
+
+def online_retail(embedder, path: Path, cutoff: str, until: str):
+    retail = read_online_retail(path)
+    cut, end = datetime.fromisoformat(cutoff), datetime.fromisoformat(until)
+    train_targets = launch_prices(retail.orders, until=cut)
+    all_launch = launch_prices(retail.orders)
+    test_targets = all_launch.filter((pl.col("first_sold") >= cut) & (pl.col("first_sold") <= end))
+    spus = retail.spus
+    return evaluate(embedder, spus.filter(pl.col("spu_id").is_in(train_targets["spu_id"].implode())), train_targets,
+                    spus.filter(pl.col("spu_id").is_in(test_targets["spu_id"].implode())), test_targets), \
+        (train_targets.height, test_targets.height)
+
+
+def demo(embedder, n_spus: int, seed: int, folder: Path):
+    from data import generate_demo_catalog, load_catalog
+
+    if not (folder / "spus.parquet").is_file():
+        generate_demo_catalog(folder, n_spus=n_spus, seed=seed)
+    tables = load_catalog(folder, ("spus", "reviews", "orders"))
+    prices = launch_prices(tables["orders"])
+    rng = np.random.default_rng(seed)
+    test_mask = rng.random(prices.height) < 0.2
+    train_targets, test_targets = prices.filter(~pl.Series(test_mask)), prices.filter(pl.Series(test_mask))
+    spus = tables["spus"]
+    args = (spus.filter(pl.col("spu_id").is_in(train_targets["spu_id"].implode())), train_targets,
+            spus.filter(pl.col("spu_id").is_in(test_targets["spu_id"].implode())), test_targets, tables["reviews"])
+    return evaluate(embedder, *args, use_images=True), evaluate(embedder, *args, use_images=False)
+
+
+def rows_of(results: dict, label: str) -> list[list[str]]:
+    rows = []
+    for name, m in results.items():
+        rows.append([label, name + (f" ({m['chosen']})" if "chosen" in m else ""), f"{m['median_ape']:.3f}",
+                     f"{m['smape']:.3f}", f"{m['mae']:.2f}", f"{m['coverage90']:.3f}" if "coverage90" in m else "-",
+                     str(m["n"])])
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--online-retail", type=Path, default=None)
+    parser.add_argument("--cutoff", default="2011-06-01")
+    parser.add_argument("--until", default="2011-08-31")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="trained image tower for the demo run")
+    parser.add_argument("--demo-dir", type=Path, default=Path("var/bench-demo"))
+    parser.add_argument("--demo-spus", type=int, default=2000)
+    parser.add_argument("--skip-demo", action="store_true")
+    args = parser.parse_args()
+
+    header = ["data", "model", "median APE", "SMAPE", "MAE", "coverage90", "n test"]
+    embedder = SpuEmbedder(create_encoder())
+    retail, (n_train, n_test) = online_retail(embedder, args.online_retail or shared("online_retail"), args.cutoff,
+                                              args.until)
+    print_table(f"Online Retail, new SPUs valued by title: train {n_train} SPUs (< {args.cutoff}), "
+                f"test {n_test} SPUs first sold {args.cutoff}..{args.until}", header, rows_of(retail, "Online Retail"))
+    if not args.skip_demo:
+        checkpoint = args.checkpoint or (Path("var/models/image-tower.pt") if Path("var/models/image-tower.pt").is_file()
+                                         else None)
+        demo_embedder = SpuEmbedder(create_encoder(checkpoint=checkpoint))
+        with_images, without = demo(demo_embedder, args.demo_spus, 0, args.demo_dir)
+        print_table(f"Demo catalogue ({'trained' if checkpoint else 'UNTRAINED'} image tower), launch price, "
+                    "random 20% of SPUs held out", header,
+                    rows_of({"title + image": with_images["ours"]}, "demo") +
+                    rows_of({"title only": without["ours"]}, "demo") +
+                    rows_of({k: v for k, v in without.items() if k != "ours"}, "demo"))
+        print(f"demo: smape_text_image={with_images['ours']['smape']:.4f} smape_text={without['ours']['smape']:.4f}")
+    ours = retail["ours"]
+    best = min(m["smape"] for k, m in retail.items() if k != "ours")
+    print(f"smape={ours['smape']:.4f} median_ape={ours['median_ape']:.4f} coverage90={ours['coverage90']:.4f} "
+          f"baseline_best_smape={best:.4f} n_test={ours['n']}")
+
+
+if __name__ == "__main__":
+    main()

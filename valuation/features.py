@@ -1,0 +1,89 @@
+"""Feature rows for the value heads, from SPU vectors, comparables and history.
+
+Two views of an SPU:
+- **cold**: what a new SPU has (title and image vectors, review signals, the prices of its nearest
+  priced comparables in the SPU index); no price history of its own;
+- **warm**: cold + its own recent order features (price level, volatility, velocity, cancel rate).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from embeddings import SpuIndex, SpuVectors
+from embeddings.features import ORDER_FEATURES
+
+N_COMPARABLES = 10
+COMPARABLE_FEATURES = ("comp_mean_log_price", "comp_top1_log_price", "comp_top1_similarity", "comp_std_log_price",
+                       "comp_mean_similarity")
+
+
+@dataclass
+class Comparables:
+    """Top priced comparables per SPU: ids, similarities and log prices, best first."""
+    spu_ids: list[list[str]]
+    similarity: list[np.ndarray]
+    log_price: list[np.ndarray]
+
+    def features(self) -> np.ndarray:
+        rows = []
+        for sims, prices in zip(self.similarity, self.log_price):
+            if len(prices) == 0:
+                rows.append([np.nan] * len(COMPARABLE_FEATURES))
+                continue
+            weights = np.exp(8.0 * (sims - sims.max()))  # softmax over similarity: the closest count most
+            mean = float((weights * prices).sum() / weights.sum())
+            rows.append([mean, float(prices[0]), float(sims[0]), float(prices.std()), float(sims.mean())])
+        return np.asarray(rows, dtype=np.float64)
+
+
+def find_comparables(index: SpuIndex, content: np.ndarray, reference: dict[str, float], *,
+                     exclude_self: list[str] | None = None, k: int = N_COMPARABLES) -> Comparables:
+    """Nearest SPUs that have a reference log price; an SPU is never its own comparable."""
+    fetch = min(len(index), max(4 * k, 40))
+    results = index.search(content, fetch)
+    ids, sims, prices = [], [], []
+    for row, hits in enumerate(results):
+        own = exclude_self[row] if exclude_self else None
+        picked = [(s, sc) for s, sc in hits.iter_rows() if s != own and s in reference][:k]
+        ids.append([s for s, _ in picked])
+        sims.append(np.array([sc for _, sc in picked], dtype=np.float64))
+        prices.append(np.array([reference[s] for s, _ in picked], dtype=np.float64))
+    return Comparables(ids, sims, prices)
+
+
+def review_features(spu_ids: list[str], reviews: pl.DataFrame | None) -> np.ndarray:
+    """Mean rating (NaN where none) and log(1 + review count)."""
+    frame = pl.DataFrame({"spu_id": spu_ids})
+    if reviews is not None and reviews.height:
+        stats = reviews.group_by("spu_id").agg(pl.col("rating").mean().alias("rating"), pl.len().alias("n"))
+        frame = frame.join(stats, on="spu_id", how="left")
+    else:
+        frame = frame.with_columns(pl.lit(None, dtype=pl.Float64).alias("rating"), pl.lit(0).alias("n"))
+    return np.column_stack([frame["rating"].cast(pl.Float64).fill_null(np.nan).to_numpy(),
+                            np.log1p(frame["n"].fill_null(0).to_numpy())])
+
+
+def cold_matrix(vectors: SpuVectors, comparables: Comparables, reviews: pl.DataFrame | None,
+                lexical: np.ndarray) -> np.ndarray:
+    """``lexical``: the title n-gram model's log price per SPU (out-of-fold when training)."""
+    return np.column_stack([
+        vectors.title, vectors.image, vectors.has["image"].astype(float), vectors.has["title"].astype(float),
+        comparables.features(), np.asarray(lexical, dtype=np.float64), vectors.negativity,
+        review_features(vectors.spu_ids, reviews),
+    ]).astype(np.float64)
+
+
+def warm_matrix(cold: np.ndarray, vectors: SpuVectors) -> np.ndarray:
+    history = vectors.order_features.select(ORDER_FEATURES).to_numpy().astype(np.float64)
+    return np.column_stack([cold, history])
+
+
+def feature_names(dim: int, warm: bool) -> list[str]:
+    names = ([f"title_{i}" for i in range(dim)] + [f"image_{i}" for i in range(dim)] + ["has_image", "has_title"]
+             + list(COMPARABLE_FEATURES) + ["lexical_log_price", "review_negativity", "review_rating",
+                                            "review_log_count"])
+    return names + list(ORDER_FEATURES) if warm else names

@@ -1,0 +1,151 @@
+"""The regression head (log unit value) and its calibrated interval, as scikit-learn estimators.
+
+``ValueHead`` picks among a few candidate models by time-aware cross-validation (folds in time order,
+each scored on SPUs later than those it was fit on), never by the test set.
+``ConformalValueModel`` wraps a head with split conformal intervals on log residuals, normalised by a
+difficulty model: the interval is wide where comparables disagree or history is short.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator, RegressorMixin, clone
+from sklearn.compose import ColumnTransformer
+from sklearn.decomposition import PCA
+from sklearn.ensemble import HistGradientBoostingRegressor
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import Ridge
+from sklearn.model_selection import TimeSeriesSplit
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+
+def _ridge(alpha: float):
+    return make_pipeline(SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True),
+                         StandardScaler(), Ridge(alpha=alpha))
+
+
+def _boosted(n_embed: int, random_state: int):
+    # Trees split poorly on hundreds of dense embedding dims: compress those, keep the rest as they are.
+    embed = list(range(n_embed))
+    reduce = ColumnTransformer([("embed", PCA(n_components=32, random_state=random_state), embed)],
+                               remainder="passthrough")
+    return make_pipeline(reduce, HistGradientBoostingRegressor(max_iter=300, learning_rate=0.05,
+                                                               min_samples_leaf=20, l2_regularization=1.0,
+                                                               random_state=random_state))
+
+
+class _Blend(BaseEstimator, RegressorMixin):
+    def __init__(self, models):
+        self.models = models
+
+    def fit(self, X, y):
+        self.fitted_ = [clone(m).fit(X, y) for m in self.models]
+        return self
+
+    def predict(self, X):
+        return np.mean([m.predict(X) for m in self.fitted_], axis=0)
+
+
+class ValueHead(BaseEstimator, RegressorMixin):
+    """Log-value regressor; ``n_embed`` leading columns are embedding dims (compressed for trees)."""
+
+    def __init__(self, n_embed: int = 0, candidates: tuple[str, ...] = ("ridge", "boosted", "blend"),
+                 n_splits: int = 4, random_state: int = 0):
+        self.n_embed = n_embed
+        self.candidates = candidates
+        self.n_splits = n_splits
+        self.random_state = random_state
+
+    def _candidate(self, name: str):
+        ridge = _ridge(alpha=30.0)
+        boosted = _boosted(self.n_embed, self.random_state) if self.n_embed >= 32 else \
+            HistGradientBoostingRegressor(max_iter=300, learning_rate=0.05, random_state=self.random_state)
+        return {"ridge": ridge, "boosted": boosted, "blend": _Blend([ridge, boosted])}[name]
+
+    def fit(self, X, y, order=None):
+        """``order``: a time key per row (e.g. first-sale day); CV folds follow it."""
+        X, y = np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64)
+        # A signal no training SPU has (e.g. ratings in a catalogue without reviews) carries nothing.
+        self.keep_ = ~np.all(np.isnan(X), axis=0)
+        X = X[:, self.keep_]
+        sort = np.argsort(order, kind="stable") if order is not None else np.arange(len(y))
+        Xs, ys = X[sort], y[sort]
+        splits = min(self.n_splits, max(2, len(y) // 50))
+        self.cv_mae_ = {}
+        for name in self.candidates:
+            errors = []
+            for train, test in TimeSeriesSplit(n_splits=splits).split(Xs):
+                model = self._candidate(name).fit(Xs[train], ys[train])
+                errors.append(np.abs(model.predict(Xs[test]) - ys[test]).mean())
+            self.cv_mae_[name] = float(np.mean(errors))
+        self.chosen_ = min(self.cv_mae_, key=self.cv_mae_.get)
+        self.model_ = self._candidate(self.chosen_).fit(X, y)
+        return self
+
+    def predict(self, X):
+        return self.model_.predict(np.asarray(X, dtype=np.float64)[:, self.keep_])
+
+
+class ConformalValueModel(BaseEstimator, RegressorMixin):
+    """Head + normalised split-conformal interval on log values.
+
+    The latest ``calibration_share`` of rows (by ``order``) calibrates; the difficulty model learns
+    |residual| from out-of-fold residuals of the earlier rows; the head is then refit on all rows.
+    """
+
+    def __init__(self, head: ValueHead | None = None, coverage: float = 0.9, calibration_share: float = 0.15,
+                 difficulty_columns: slice | None = None, random_state: int = 0):
+        self.head = head
+        self.coverage = coverage
+        self.calibration_share = calibration_share
+        self.difficulty_columns = difficulty_columns
+        self.random_state = random_state
+
+    def _difficulty_X(self, X):
+        X = X[:, self.difficulty_columns] if self.difficulty_columns is not None else X
+        return X[:, self.difficulty_keep_]
+
+    def fit(self, X, y, order=None):
+        X, y = np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64)
+        if len(y) < 40:
+            raise ValueError(f"need at least 40 priced SPUs to fit and calibrate, got {len(y)}")
+        order = np.arange(len(y)) if order is None else np.asarray(order)
+        sort = np.argsort(order, kind="stable")
+        n_cal = max(20, int(len(y) * self.calibration_share))
+        proper, cal = sort[:-n_cal], sort[-n_cal:]
+        head = clone(self.head) if self.head is not None else ValueHead()
+
+        proper_head = clone(head).fit(X[proper], y[proper], order[proper])
+        oof = np.full(len(proper), np.nan)
+        model = proper_head._candidate(proper_head.chosen_)
+        Xp = X[proper][:, proper_head.keep_]
+        for train, test in TimeSeriesSplit(n_splits=4).split(proper):
+            oof[test] = clone(model).fit(Xp[train], y[proper][train]).predict(Xp[test])
+        seen = ~np.isnan(oof)
+        columns = X[:, self.difficulty_columns] if self.difficulty_columns is not None else X
+        self.difficulty_keep_ = ~np.all(np.isnan(columns), axis=0)
+        self.difficulty_ = HistGradientBoostingRegressor(max_iter=150, max_depth=3, learning_rate=0.05,
+                                                         random_state=self.random_state)
+        self.difficulty_.fit(self._difficulty_X(X[proper][seen]), np.abs(oof[seen] - y[proper][seen]))
+        self.sigma_floor_ = float(np.quantile(np.abs(oof[seen] - y[proper][seen]), 0.1)) + 1e-3
+
+        scores = np.abs(y[cal] - proper_head.predict(X[cal])) / self._sigma(X[cal])
+        level = min(1.0, np.ceil((len(cal) + 1) * self.coverage) / len(cal))
+        self.q_ = float(np.quantile(scores, level, method="higher"))
+        self.n_calibration_ = len(cal)
+        self.head_ = clone(head).fit(X, y, order)
+        return self
+
+    def _sigma(self, X):
+        return np.maximum(self.difficulty_.predict(self._difficulty_X(X)), self.sigma_floor_)
+
+    def predict(self, X):
+        return self.head_.predict(np.asarray(X, dtype=np.float64))
+
+    def predict_interval(self, X):
+        """(log value, log low, log high) per row."""
+        X = np.asarray(X, dtype=np.float64)
+        mid = self.predict(X)
+        half = self.q_ * self._sigma(X)
+        return mid, mid - half, mid + half
