@@ -3,6 +3,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PIP    := $(PY) -m pip --disable-pip-version-check -q
+# The demo's BentoML model store lives in the project unless the caller chose one.
+export BENTOML_HOME ?= $(CURDIR)/var/bentoml
 SHELL  := /bin/bash
 .SHELLFLAGS := -o pipefail -ec
 QUIET  := { grep -v -e "is ignored: it is neither" || true; }  # this machine's pip config is noisy

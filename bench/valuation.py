@@ -43,10 +43,10 @@ def evaluate(embedder, train_spus, train_targets, test_spus, test_targets, revie
 
     titles = dict(zip(spus["spu_id"].to_list(), spus["title"].to_list()))
     t0 = time.perf_counter()
-    model = ValueModel().fit(index, vectors, titles, train_targets, reviews)
+    model = ValueModel().fit(index, vectors, titles, train_targets)
     fit_s = time.perf_counter() - t0
     test = subset(vectors, test_targets["spu_id"].to_list())
-    values, comparables = model.predict(index, test, [titles[s] for s in test.spu_ids], reviews)
+    values, comparables = model.predict(index, test, [titles[s] for s in test.spu_ids])
     mid, low, high = (values[c].to_numpy() for c in ("log_value", "log_low", "log_high"))
     actual = test_targets["price"].to_numpy()
     results = {"ours": value_metrics(actual, np.exp(mid), np.exp(low), np.exp(high))}

@@ -223,12 +223,14 @@ def _orders(rng: np.random.Generator, truth: pl.DataFrame, has_history: np.ndarr
 def _positions(rng: np.random.Generator, truth: pl.DataFrame, market: pl.DataFrame, days: int) -> pl.DataFrame:
     pledge_day = START + timedelta(days=int(days * 0.75))
     recent = (market.filter(pl.col("date").is_between(pledge_day - timedelta(days=30), pledge_day))
-              .group_by("spu_id").agg(pl.col("price").median().alias("price"), pl.len().alias("days"))
+              .group_by("spu_id").agg(pl.col("price").median().alias("price"), pl.len().alias("days"),
+                                      (pl.col("units_sold").sum() / 30).alias("units_per_day"))
               .filter(pl.col("days") >= 3).sort("spu_id"))
     n = min(recent.height, max(20, truth.height // 5))
     pick = np.sort(rng.choice(recent.height, n, replace=False))
     chosen = recent[pick]
-    quantity = rng.integers(50, 2000, n)
+    # Borrowers pledge a few weeks to a few months of sales: what a lender would finance at all.
+    quantity = np.maximum(10, np.round(chosen["units_per_day"].to_numpy() * rng.uniform(15, 120, n))).astype(np.int64)
     pledge_unit_price = np.round(chosen["price"].to_numpy() * 0.7, 2)
     offset = rng.integers(0, 30, n)
     loan_of = rng.integers(0, max(1, n // 3), n)

@@ -23,8 +23,9 @@ def order_features(orders: pl.DataFrame | pl.LazyFrame, as_of: datetime | None =
                    window_days: int = 90) -> pl.DataFrame:
     """Raw order features per SPU over the ``window_days`` before ``as_of`` (default: the last order).
 
-    price_level: log of the median unit price; volatility: std of day-to-day log changes of the daily
-    median price; sales_velocity: log(1 + units per day); cancel_rate: cancelled lines / all lines.
+    price_level: log of the median unit price; volatility: std of week-to-week log changes of the weekly
+    median price, per day (/ sqrt 7); sales_velocity: log(1 + units per day); cancel_rate: cancelled
+    lines / all lines.
     """
     lazy = orders.lazy()
     if as_of is None:
@@ -33,15 +34,17 @@ def order_features(orders: pl.DataFrame | pl.LazyFrame, as_of: datetime | None =
         return pl.DataFrame(schema={"spu_id": pl.String, **{f: pl.Float64 for f in ORDER_FEATURES}})
     start = as_of - timedelta(days=window_days)
     window = lazy.filter((pl.col("ordered_at") > start) & (pl.col("ordered_at") <= as_of))
-    daily = (window.filter(~pl.col("cancelled"))
-             .group_by("spu_id", pl.col("ordered_at").dt.date().alias("day"))
-             .agg(pl.col("unit_price").median().alias("price"), pl.col("quantity").sum().alias("units"))
-             .sort("spu_id", "day"))
-    volatility = daily.group_by("spu_id").agg(
-        pl.col("price").log().diff().std().fill_null(0.0).alias("volatility"),
-        pl.col("price").median().log().alias("price_level"),
-        (pl.col("units").sum() / window_days).log1p().alias("sales_velocity"),
-    )
+    sold = window.filter(~pl.col("cancelled"))
+    # Volatility from week-to-week moves of the weekly median price, as a daily figure (/ sqrt 7): daily
+    # medians of a few noisy order lines would read line-to-line price scatter as market risk.
+    weekly = (sold.group_by("spu_id", pl.col("ordered_at").dt.truncate("1w").alias("week"))
+              .agg(pl.col("unit_price").median().alias("price")).sort("spu_id", "week")
+              .group_by("spu_id").agg((pl.col("price").log().diff().std() / 7 ** 0.5).fill_null(0.0)
+                                      .alias("volatility")))
+    volatility = (sold.group_by("spu_id").agg(
+        pl.col("unit_price").median().log().alias("price_level"),
+        (pl.col("quantity").sum() / window_days).log1p().alias("sales_velocity"),
+    ).join(weekly, on="spu_id", how="left"))
     cancels = window.group_by("spu_id").agg(pl.col("cancelled").mean().cast(pl.Float64).alias("cancel_rate"))
     return (volatility.join(cancels, on="spu_id", how="full", coalesce=True)
             .with_columns(pl.col("cancel_rate").fill_null(0.0))

@@ -42,6 +42,29 @@ class SpuVectors:
     has: dict[str, np.ndarray]   # modality -> bool per SPU: title, image, reviews, orders
     negativity: np.ndarray       # (n,) mean review negativity 0..1, NaN where no reviews
     order_features: pl.DataFrame  # raw features per SPU (nulls where no history)
+    rating: np.ndarray = None    # (n,) mean review rating, NaN where no reviews
+    n_reviews: np.ndarray = None  # (n,) review count
+
+    def __post_init__(self):
+        n = len(self.spu_ids)
+        if self.rating is None:
+            self.rating = np.full(n, np.nan)
+        if self.n_reviews is None:
+            self.n_reviews = np.zeros(n)
+
+    def take(self, spu_ids: list[str]) -> "SpuVectors":
+        """The rows of these SPUs, in this order."""
+        position = {s: i for i, s in enumerate(self.spu_ids)}
+        missing = [s for s in spu_ids if s not in position]
+        if missing:
+            raise KeyError(f"no vectors for spu_id {missing[:5]}")
+        rows = np.array([position[s] for s in spu_ids], dtype=np.int64)
+        return SpuVectors(spu_ids=list(spu_ids), vectors=self.vectors[rows], content=self.content[rows],
+                          image=self.image[rows], title=self.title[rows],
+                          has={k: v[rows] for k, v in self.has.items()}, negativity=self.negativity[rows],
+                          order_features=pl.DataFrame({"spu_id": list(spu_ids)}).join(
+                              self.order_features, on="spu_id", how="left", maintain_order="left"),
+                          rating=self.rating[rows], n_reviews=self.n_reviews[rows])
 
     def frame(self) -> pl.DataFrame:
         """Per-SPU side data for the index's metadata file."""
@@ -102,7 +125,8 @@ class SpuEmbedder:
         return self
 
     def embed(self, spus: pl.DataFrame, reviews: pl.DataFrame | None = None,
-              orders: pl.DataFrame | None = None) -> SpuVectors:
+              orders: pl.DataFrame | None = None, as_of=None) -> SpuVectors:
+        """``as_of``: order features from the window before this time (default: the last order)."""
         if self.scaler_ is None:
             self.fit(orders)
         ids = spus["spu_id"].to_list()
@@ -124,6 +148,7 @@ class SpuEmbedder:
 
         review_vec = np.zeros_like(title)
         negativity = np.full(len(ids), np.nan, dtype=np.float32)
+        rating = np.full(len(ids), np.nan)
         has_reviews = np.zeros(len(ids), dtype=bool)
         if reviews is not None and reviews.height:
             position = {s: i for i, s in enumerate(ids)}
@@ -137,11 +162,14 @@ class SpuEmbedder:
                                      minlength=len(ids))
                 has_reviews = counts > 0
                 negativity[has_reviews] = scores[has_reviews] / counts[has_reviews]
+                ratings = np.bincount(owner, weights=mine["rating"].to_numpy().astype(float), minlength=len(ids))
+                rating[has_reviews] = ratings[has_reviews] / counts[has_reviews]
                 review_vec = _normalise(review_vec)
 
         raw = pl.DataFrame({"spu_id": ids})
         if orders is not None and orders.height:
-            raw = raw.join(order_features(orders.filter(pl.col("spu_id").is_in(ids))), on="spu_id", how="left")
+            raw = raw.join(order_features(orders.filter(pl.col("spu_id").is_in(ids)), as_of=as_of), on="spu_id",
+                           how="left", maintain_order="left")
         else:
             raw = raw.with_columns(*(pl.lit(None, dtype=pl.Float64).alias(f) for f in ORDER_FEATURES))
         has_orders = raw["price_level"].is_not_null().to_numpy()
@@ -150,7 +178,8 @@ class SpuEmbedder:
         return SpuVectors(
             spu_ids=ids, vectors=fuse(content, review_vec, order_vec), content=content, image=image, title=title,
             has={"title": has_title, "image": has_image, "reviews": has_reviews, "orders": has_orders},
-            negativity=negativity, order_features=raw)
+            negativity=negativity, order_features=raw, rating=rating,
+            n_reviews=np.zeros(len(ids)) if not has_reviews.any() else counts.astype(float))
 
     def query(self, title: str | None = None, images: Sequence[ImageInput] = ()) -> np.ndarray:
         """The content vector of a title and/or images: what the SPU index is searched with."""

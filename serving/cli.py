@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -99,8 +100,9 @@ def demo(
     spus: Annotated[int, typer.Option(min=12)] = 2000,
     seed: int = 0,
     db: DbOption = None,
+    train_model: Annotated[bool, typer.Option("--train/--no-train", help="Train (once) and price the book.")] = True,
 ) -> None:
-    """The main job on the embedded default: build the demo catalogue once, load it, report the book."""
+    """The main job on the embedded default: demo catalogue, store, model (trained once), priced book."""
     if not (folder / "positions.parquet").is_file():
         console.print(f"building the demo catalogue in {folder} ({spus} SPUs, seed {seed}) ...")
         generate_demo_catalog(folder, n_spus=spus, seed=seed)
@@ -114,6 +116,35 @@ def demo(
             _fail(str(exc))
     _print_counts(f"demo catalogue {folder} -> {redact(store.url)}", counts)
     _print_book(store)
+    if train_model:
+        _demo_model_and_prices(folder, store)
+
+
+def _demo_model_and_prices(folder: Path, store: Store) -> None:
+    """Train the demo model once (image tower, index, heads) and price the pledged book with it."""
+    from valuation.model import PledgeModel
+
+    try:
+        model = PledgeModel.load_from_store("pledgeval:latest")
+        console.print(f"using model pledgeval:latest ({model.metrics.get('n_spus')} SPUs)")
+    except Exception:  # no model in the store yet: build the demo one
+        train(catalog=folder, online_retail=None, until=None, config="minilm-rn-tiny", checkpoint=None,
+              tower_epochs=20, cache=Path("var/cache/vectors.db"))
+        model = PledgeModel.load_from_store("pledgeval:latest")
+    book = store.read("positions")
+    answers = model.price(book.select("spu_id", "quantity"))
+    priced = book.with_columns(answers.select("value", "pledge_unit_price", "decision"))
+    table = Table(title="the pledged book at today's model value")
+    for column in ("decision", "positions", "loan amount", "model value", "lendable (pledge price)", "LTV on value"):
+        table.add_column(column, justify="left" if column == "decision" else "right")
+    summary = (priced.group_by("decision").agg(
+        pl.len().alias("n"), pl.col("loan_amount").sum().alias("loan"),
+        (pl.col("value") * pl.col("quantity")).sum().alias("value"),
+        (pl.col("pledge_unit_price") * pl.col("quantity")).sum().alias("lendable")).sort("decision"))
+    for row in summary.iter_rows(named=True):
+        table.add_row(str(row["decision"]), str(row["n"]), f"{row['loan']:,.0f}", f"{row['value']:,.0f}",
+                      f"{row['lendable']:,.0f}", f"{row['loan'] / row['value']:.2f}")
+    console.print(table)
 
 
 @embed_app.command("train")
@@ -197,6 +228,104 @@ def index_search(
     for row in hits.iter_rows(named=True):
         table.add_row(row["spu_id"], f"{row['score']:.3f}", row["title"] or "")
     console.print(table)
+
+
+@app.command("train")
+def train(
+    catalog: Annotated[Optional[Path], typer.Option(help="Catalogue folder (spus + images, reviews, orders).")] = None,
+    online_retail: Annotated[Optional[Path], typer.Option(help="Online Retail order lines instead.")] = None,
+    until: Annotated[Optional[str], typer.Option(help="Online Retail: only order lines before this ISO date.")] = None,
+    config: ConfigOption = "minilm-rn-tiny",
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Trained image tower; default: train one on the "
+                                                            "catalogue's images (or reuse var/models/).")] = None,
+    tower_epochs: int = 20,
+    cache: Annotated[Path, typer.Option(help="Vector cache file.")] = Path("var/cache/vectors.db"),
+) -> None:
+    """Train encoder tower + SPU index + value heads + calibration; save as BentoML model pledgeval:<version>."""
+    from valuation.model import PledgeModel
+
+    if (catalog is None) == (online_retail is None):
+        _fail("give exactly one of --catalog or --online-retail")
+    if online_retail is not None:
+        try:
+            retail = read_online_retail(online_retail, until=until)
+        except DataFileError as exc:
+            _fail(str(exc))
+        tables = {"spus": retail.spus, "orders": retail.orders}
+    else:
+        tables = _catalog(catalog, ("spus", "reviews", "orders"))
+        with_images = tables["spus"].filter(pl.col("images").list.len() > 0)
+        if checkpoint is None and with_images.height >= 20 and config == "minilm-rn-tiny":
+            checkpoint = DEFAULT_TOWER
+            if not checkpoint.is_file():
+                embed_train(catalog=catalog, out=checkpoint, config=config, epochs=tower_epochs, batch_size=128,
+                            seed=0, time_budget=None)
+    if checkpoint is not None and not checkpoint.is_file():
+        _fail(f"checkpoint not found: {checkpoint}")
+    try:
+        model = PledgeModel.train(tables, encoder_config=config, checkpoint=checkpoint, cache_path=cache,
+                                  log=console.print)
+    except ValueError as exc:
+        _fail(str(exc))
+    tag = model.save_to_store(labels={"source": "catalog" if catalog else "online_retail"})
+    console.print(f"saved BentoML model [bold]{tag}[/] ({model.metrics['n_spus']} SPUs, "
+                  f"{model.metrics['n_priced']} priced; cold head {model.metrics['cold_head']}, warm head "
+                  f"{model.metrics['warm_head']}; {model.metrics['train_seconds']}s)")
+
+
+@app.command("price")
+def price(
+    input: Annotated[Path, typer.Option("--input", help="Requests: spu_id, title?, images?, reviews?, quantity?")],
+    output: Annotated[Path, typer.Option("--output", help="Answers (.parquet, .csv or .jsonl).")],
+    model: Annotated[str, typer.Option("--model", help="BentoML model tag or a saved model folder.")] =
+    "pledgeval:latest",
+) -> None:
+    """Value, interval, haircut, pledge price, decision and comparables for each requested SPU."""
+    from data.loaders import read_raw
+    from valuation.model import PricingError
+
+    try:
+        requests = read_raw(input, "price requests")
+    except DataFileError as exc:
+        _fail(str(exc))
+    for column in ("images", "reviews"):
+        if column in requests.columns and requests.schema[column] == pl.String:
+            requests = requests.with_columns(pl.col(column).str.split("|"))
+    if "quantity" in requests.columns and requests.schema["quantity"] == pl.String:
+        requests = requests.with_columns(pl.col("quantity").str.strip_chars().cast(pl.Int64, strict=False))
+    pledge_model = _load_model(model)
+    started = time.monotonic()
+    try:
+        answers = pledge_model.price(requests)
+    except PricingError as exc:
+        _fail(str(exc))
+    seconds = time.monotonic() - started
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if output.suffix == ".csv":
+        answers.with_columns(pl.col("reasons").list.join("|"),
+                             pl.col("comparables").list.eval(pl.element().struct.field("spu_id")).list.join("|")
+                             ).write_csv(output)
+    elif output.suffix in (".jsonl", ".ndjson"):
+        answers.write_ndjson(output)
+    else:
+        answers.write_parquet(output)
+    counts = answers["decision"].value_counts().sort("decision").rows()
+    bad = answers["error"].is_not_null().sum()
+    console.print(f"priced {answers.height - bad} of {answers.height} SPUs in {seconds:.2f}s -> {output}; "
+                  f"decisions: {', '.join(f'{d}={n}' for d, n in counts if d)}")
+    if bad:
+        for row in answers.filter(pl.col("error").is_not_null()).head(10).iter_rows(named=True):
+            errors.print(f"[yellow]{row['spu_id']}: {row['error']}[/]")
+        raise typer.Exit(1)
+
+
+def _load_model(model: str):
+    from valuation.model import PledgeModel
+
+    try:
+        return PledgeModel.load(model) if Path(model).is_dir() else PledgeModel.load_from_store(model)
+    except Exception as exc:  # bentoml raises its own NotFound; the user needs the tag and a next step
+        _fail(f"cannot load model '{model}': {exc}. Train one first: pledgeval train --catalog DIR")
 
 
 def _encoder(config: str, checkpoint: Optional[Path]):

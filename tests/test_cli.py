@@ -58,7 +58,7 @@ def test_import_online_retail(tmp_path, online_retail_path):
 
 def test_demo_job_builds_and_loads(tmp_path):
     db = f"sqlite:///{tmp_path}/demo.db"
-    args = ["demo", "--dir", str(tmp_path / "demo"), "--spus", "60", "--db", db]
+    args = ["demo", "--dir", str(tmp_path / "demo"), "--spus", "60", "--db", db, "--no-train"]
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
     assert "pledged book by borrower" in first.output

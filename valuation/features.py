@@ -55,25 +55,12 @@ def find_comparables(index: SpuIndex, content: np.ndarray, reference: dict[str, 
     return Comparables(ids, sims, prices)
 
 
-def review_features(spu_ids: list[str], reviews: pl.DataFrame | None) -> np.ndarray:
-    """Mean rating (NaN where none) and log(1 + review count)."""
-    frame = pl.DataFrame({"spu_id": spu_ids})
-    if reviews is not None and reviews.height:
-        stats = reviews.group_by("spu_id").agg(pl.col("rating").mean().alias("rating"), pl.len().alias("n"))
-        frame = frame.join(stats, on="spu_id", how="left")
-    else:
-        frame = frame.with_columns(pl.lit(None, dtype=pl.Float64).alias("rating"), pl.lit(0).alias("n"))
-    return np.column_stack([frame["rating"].cast(pl.Float64).fill_null(np.nan).to_numpy(),
-                            np.log1p(frame["n"].fill_null(0).to_numpy())])
-
-
-def cold_matrix(vectors: SpuVectors, comparables: Comparables, reviews: pl.DataFrame | None,
-                lexical: np.ndarray) -> np.ndarray:
+def cold_matrix(vectors: SpuVectors, comparables: Comparables, lexical: np.ndarray) -> np.ndarray:
     """``lexical``: the title n-gram model's log price per SPU (out-of-fold when training)."""
     return np.column_stack([
         vectors.title, vectors.image, vectors.has["image"].astype(float), vectors.has["title"].astype(float),
         comparables.features(), np.asarray(lexical, dtype=np.float64), vectors.negativity,
-        review_features(vectors.spu_ids, reviews),
+        vectors.rating, np.log1p(vectors.n_reviews),
     ]).astype(np.float64)
 
 

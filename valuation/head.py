@@ -20,6 +20,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 
+MIN_ROWS_FOR_TREES = 300
+
+
 def _ridge(alpha: float):
     return make_pipeline(SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True),
                          StandardScaler(), Ridge(alpha=alpha))
@@ -72,8 +75,10 @@ class ValueHead(BaseEstimator, RegressorMixin):
         sort = np.argsort(order, kind="stable") if order is not None else np.arange(len(y))
         Xs, ys = X[sort], y[sort]
         splits = min(self.n_splits, max(2, len(y) // 50))
+        # Trees (and the PCA in front of them) need more rows than a small catalogue has.
+        candidates = [c for c in self.candidates if c == "ridge" or len(y) >= MIN_ROWS_FOR_TREES] or ["ridge"]
         self.cv_mae_ = {}
-        for name in self.candidates:
+        for name in candidates:
             errors = []
             for train, test in TimeSeriesSplit(n_splits=splits).split(Xs):
                 model = self._candidate(name).fit(Xs[train], ys[train])

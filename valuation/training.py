@@ -48,16 +48,7 @@ def difficulty_columns(dim: int) -> slice:
 
 
 def subset(vectors: SpuVectors, spu_ids: list[str]) -> SpuVectors:
-    position = {s: i for i, s in enumerate(vectors.spu_ids)}
-    missing = [s for s in spu_ids if s not in position]
-    if missing:
-        raise KeyError(f"no vectors for spu_id {missing[:5]}")
-    rows = np.array([position[s] for s in spu_ids], dtype=np.int64)
-    return SpuVectors(spu_ids=list(spu_ids), vectors=vectors.vectors[rows], content=vectors.content[rows],
-                      image=vectors.image[rows], title=vectors.title[rows],
-                      has={k: v[rows] for k, v in vectors.has.items()}, negativity=vectors.negativity[rows],
-                      order_features=pl.DataFrame({"spu_id": list(spu_ids)}).join(
-                          vectors.order_features, on="spu_id", how="left"))
+    return vectors.take(spu_ids)
 
 
 @dataclass
@@ -74,7 +65,7 @@ class ValueModel:
                                    difficulty_columns=difficulty_columns(dim), random_state=self.random_state)
 
     def fit(self, index: SpuIndex, vectors: SpuVectors, titles: dict[str, str], launch: pl.DataFrame,
-            reviews: pl.DataFrame | None = None, forward: pl.DataFrame | None = None,
+            forward: pl.DataFrame | None = None,
             history: SpuVectors | None = None) -> "ValueModel":
         """``launch``: spu_id, first_sold, price. ``forward`` (optional): spu_id, price over the horizon
         after the as-of date of ``history`` (vectors whose order features stop at that date)."""
@@ -85,7 +76,7 @@ class ValueModel:
         lexical_oof = self.lexical.fit_out_of_fold([titles.get(s, "") for s in ids], y)
         sub = subset(vectors, ids)
         comparables = find_comparables(index, sub.content, self.reference, exclude_self=ids)
-        X = cold_matrix(sub, comparables, reviews, lexical_oof)
+        X = cold_matrix(sub, comparables, lexical_oof)
         order = launch["first_sold"].dt.epoch("s").to_numpy()
         self.cold = self._head(index.dim).fit(X, y, order)
 
@@ -98,7 +89,7 @@ class ValueModel:
                 fsub = subset(history, fids)
                 fcomp = find_comparables(index, fsub.content, self.reference, exclude_self=fids)
                 lexical = self._lexical_for(fids, titles, lexical_oof, ids)
-                Xw = warm_matrix(cold_matrix(fsub, fcomp, reviews, lexical), fsub)
+                Xw = warm_matrix(cold_matrix(fsub, fcomp, lexical), fsub)
                 self.warm = self._head(index.dim).fit(Xw, np.log(forward["price"].to_numpy()), np.arange(len(fids)))
         return self
 
@@ -108,12 +99,11 @@ class ValueModel:
         plain = self.lexical.predict([titles.get(s, "") for s in spu_ids])
         return np.array([known.get(s, p) for s, p in zip(spu_ids, plain)])
 
-    def predict(self, index: SpuIndex, vectors: SpuVectors, titles: list[str],
-                reviews: pl.DataFrame | None = None, exclude_self: bool = False) -> tuple[pl.DataFrame, Comparables]:
+    def predict(self, index: SpuIndex, vectors: SpuVectors, titles: list[str], exclude_self: bool = False) -> tuple[pl.DataFrame, Comparables]:
         """Log value and interval per SPU; the warm head where the SPU has history and one was fit."""
         comparables = find_comparables(index, vectors.content, self.reference,
                                        exclude_self=vectors.spu_ids if exclude_self else None)
-        X = cold_matrix(vectors, comparables, reviews, self.lexical.predict(titles))
+        X = cold_matrix(vectors, comparables, self.lexical.predict(titles))
         mid, low, high = self.cold.predict_interval(X)
         head = np.array(["cold"] * len(mid), dtype=object)
         warm_rows = np.flatnonzero(vectors.has["orders"]) if self.warm is not None else np.array([], dtype=int)

@@ -1,0 +1,131 @@
+import numpy as np
+import polars as pl
+import pytest
+
+from valuation.head import ConformalValueModel, ValueHead
+from valuation.metrics import value_metrics
+from valuation.model import PledgeModel, PricingError
+from valuation.policy import AdmissionPolicy, HaircutPolicy, load_policy
+
+
+@pytest.fixture(scope="module")
+def pledge_model(small_catalog, tmp_path_factory):
+    _, tables = small_catalog
+    model = PledgeModel.train(tables, log=None)
+    folder = model.save(tmp_path_factory.mktemp("model") / "m")
+    return PledgeModel.load(folder), tables
+
+
+def test_conformal_interval_covers_on_held_out_rows():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(1500, 5))
+    noise = rng.normal(size=1500) * (0.1 + 0.5 * (X[:, 0] > 0))  # heteroscedastic: wide where x0 > 0
+    y = X @ np.array([1.0, -0.5, 0.2, 0, 0]) + noise
+    model = ConformalValueModel(ValueHead(candidates=("ridge",)), coverage=0.9).fit(X[:1000], y[:1000])
+    mid, low, high = model.predict_interval(X[1000:])
+    covered = (y[1000:] >= low) & (y[1000:] <= high)
+    assert 0.85 <= covered.mean() <= 0.96
+    width = high - low
+    assert width[X[1000:, 0] > 0].mean() > 2 * width[X[1000:, 0] <= 0].mean()  # normalised by difficulty
+
+
+def test_value_head_chooses_by_time_aware_cv():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(400, 3))
+    y = np.sin(3 * X[:, 0]) + 0.05 * rng.normal(size=400)  # non-linear: trees should win
+    head = ValueHead(candidates=("ridge", "boosted")).fit(X, y, order=np.arange(400))
+    assert head.chosen_ == "boosted" and head.cv_mae_["boosted"] < head.cv_mae_["ridge"]
+
+
+def test_haircut_parts_add_up_and_respect_caps():
+    policy = load_policy()
+    frame = pl.DataFrame({"category": ["mug", "unknown", "watch"], "value": [10.0, 10.0, 10.0],
+                          "value_low": [9.0, 5.0, 0.1], "quantity": [30, 10, 10_000],
+                          "daily_volatility": [0.01, None, 0.2], "units_per_day": [1.0, None, 1.0]})
+    out = HaircutPolicy(policy).apply(frame)
+    parts = out.select("haircut_base", "haircut_market", "haircut_liquidity", "haircut_uncertainty").sum_horizontal()
+    c = policy["haircut"]
+    assert np.allclose(out["haircut"], np.clip(parts, c["floor"], c["cap"]))
+    assert out["haircut_base"].to_list() == [c["base"]["mug"], c["default_base"], c["base"]["watch"]]
+    assert out["haircut_liquidity"][0] == 0.0 and out["haircut_liquidity"][1] == c["unknown_liquidity"]
+    assert out["haircut_liquidity"][2] == c["liquidity_cap"] and out["haircut"][2] == c["cap"]
+    assert np.allclose(out["pledge_unit_price"], out["value"] * (1 - out["haircut"]))
+
+
+def test_admission_reasons_and_decisions():
+    policy = load_policy()
+    policy["admission"]["not_financeable"] = ["perfume"]
+    frame = pl.DataFrame({"category": ["mug", "perfume", "mug", "mug"], "value": [10.0] * 4,
+                          "value_low": [9.0, 9.0, 2.0, 9.0], "value_high": [11.0, 11.0, 30.0, 11.0],
+                          "quantity": [10, 10, 10, 100_000], "daily_volatility": [0.01, 0.01, None, 0.01],
+                          "units_per_day": [5.0, 5.0, None, 5.0], "negativity": [0.1, 0.1, None, 0.1],
+                          "matched": [True, True, False, True]})
+    out = AdmissionPolicy(policy).apply(HaircutPolicy(policy).apply(frame))
+    assert out["decision"].to_list() == ["accept", "reject", "review", "reject"]
+    assert "category_not_financeable" in out["reasons"][1]
+    assert {"novel", "no_history", "wide_interval"} <= set(out["reasons"][2])
+    assert "illiquid" in out["reasons"][3]
+
+
+def test_metrics():
+    m = value_metrics([10, 20], [11, 18], [9, 21], [12, 25])
+    assert m["coverage90"] == 0.5 and abs(m["median_ape"] - 0.1) < 1e-9 and m["n"] == 2
+
+
+def test_new_spu_with_title_only_gets_wide_interval_and_review(pledge_model):
+    model, tables = pledge_model
+    out = model.price([{"spu_id": "NEW-1", "title": "Kestrel QZ-100 Leather Watch", "quantity": 10}])
+    row = out.row(0, named=True)
+    assert row["error"] is None and row["head"] == "cold" and row["decision"] == "review"
+    assert row["value_low"] < row["value"] < row["value_high"]
+    known = model.price([{"spu_id": tables["orders"]["spu_id"][0], "quantity": 10}]).row(0, named=True)
+    assert (row["value_high"] - row["value_low"]) / row["value"] > (known["value_high"] - known["value_low"]) / \
+        known["value"]
+    assert "no_history" in row["reasons"] and len(row["comparables"]) == 3
+
+
+def test_known_spu_uses_history_and_never_itself_as_comparable(pledge_model):
+    model, tables = pledge_model
+    spu = tables["orders"]["spu_id"][0]
+    row = model.price([{"spu_id": spu, "quantity": 5}]).row(0, named=True)
+    assert row["head"] == "warm" and row["matched_spu_id"] == spu
+    assert spu not in [c["spu_id"] for c in row["comparables"]]
+    assert abs(row["pledge_unit_price"] - row["value"] * (1 - row["haircut"])) < 1e-9
+    assert abs(row["pledge_value"] - 5 * row["pledge_unit_price"]) < 1e-6
+
+
+def test_bad_items_fail_alone_with_the_field_named(pledge_model):
+    model, tables = pledge_model
+    good = tables["spus"]["spu_id"][0]
+    out = model.price([
+        {"spu_id": good, "quantity": 3},
+        {"spu_id": "X", "quantity": 3},
+        {"spu_id": good, "quantity": -1},
+        {"spu_id": "Y", "title": "mug", "images": [b"not an image"]},
+        {"spu_id": "Z", "title": "Basix AA-1 Plastic Mug", "images": ["/no/such/file.png"]},
+    ])
+    errors = out["error"].to_list()
+    assert errors[0] is None and out["value"][0] > 0
+    assert errors[1].startswith("spu_id: unknown spu_id 'X'")
+    assert errors[2].startswith("quantity:") and "-1" in errors[2]
+    assert errors[3].startswith("images:") and "not a readable image" in errors[3]
+    assert errors[4].startswith("images:") and "cannot read image" in errors[4]
+    with pytest.raises(PricingError, match="at most"):
+        model.price([{"spu_id": good}] * 1001)
+
+
+def test_deterministic_under_seed(small_catalog):
+    _, tables = small_catalog
+    a = PledgeModel.train(tables, log=None).price([{"spu_id": "N", "title": "Aurora AA-1 Gold Watch"}])
+    b = PledgeModel.train(tables, log=None).price([{"spu_id": "N", "title": "Aurora AA-1 Gold Watch"}])
+    assert a["value"][0] == b["value"][0] and a["value_high"][0] == b["value_high"][0]
+
+
+def test_store_round_trip(pledge_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))
+    model, tables = pledge_model
+    tag = model.save_to_store()
+    assert tag.startswith("pledgeval:")
+    loaded = PledgeModel.load_from_store("pledgeval:latest")
+    spu = tables["spus"]["spu_id"][3]
+    assert loaded.price([{"spu_id": spu}])["value"][0] == model.price([{"spu_id": spu}])["value"][0]
