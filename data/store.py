@@ -66,17 +66,26 @@ class Store:
 
     def upsert(self, name: str, frame: pl.DataFrame) -> int:
         """Insert or replace rows by natural key, all in one transaction; returns rows written."""
-        table = self.table(name)
-        rows = _to_rows(name, frame)
-        key = [c.name for c in table.primary_key.columns]
-        statement = self._insert(table)
-        update = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in key}
-        statement = (statement.on_conflict_do_update(index_elements=key, set_=update) if update
-                     else statement.on_conflict_do_nothing(index_elements=key))
-        with self.engine.begin() as connection:
+        return self.upsert_many({name: frame})[name]
+
+    def upsert_many(self, frames: dict[str, pl.DataFrame], connection: sa.Connection | None = None) -> dict[str, int]:
+        """Upsert several tables in one transaction (or in the caller's ``connection``): all or nothing."""
+        if connection is None:
+            with self.engine.begin() as connection:
+                return self.upsert_many(frames, connection)
+        written = {}
+        for name, frame in frames.items():
+            table = self.table(name)
+            rows = _to_rows(name, frame)
+            key = [c.name for c in table.primary_key.columns]
+            statement = self._insert(table)
+            update = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in key}
+            statement = (statement.on_conflict_do_update(index_elements=key, set_=update) if update
+                         else statement.on_conflict_do_nothing(index_elements=key))
             for start in range(0, len(rows), CHUNK):
                 connection.execute(statement, rows[start:start + CHUNK])
-        return len(rows)
+            written[name] = len(rows)
+        return written
 
     def _insert(self, table: sa.Table):
         if self.engine.dialect.name == "sqlite":
@@ -115,6 +124,11 @@ def review_id(spu_id: str, created_at, text: str) -> str:
 def _to_rows(name: str, frame: pl.DataFrame) -> list[dict]:
     schema = TABLES.get(name)
     if schema is not None:
+        missing = [c for c in schema.columns if c.name not in frame.columns]
+        required = [c.name for c in missing if not c.nullable]
+        if required:
+            raise ValueError(f"{name}: missing required column(s) {', '.join(required)}")
+        frame = frame.with_columns(pl.lit(c.default, dtype=c.dtype).alias(c.name) for c in missing)
         frame = frame.select(schema.column_names)
     rows = frame.to_dicts()
     for column in JSON_COLUMNS.get(name, ()):
@@ -133,7 +147,7 @@ def _from_rows(name: str, rows) -> pl.DataFrame:
         for record in records:
             record[column] = json.loads(record[column])
     if schema is None:
-        return pl.DataFrame(records)
+        return pl.DataFrame(records, infer_schema_length=None)
     frame = pl.DataFrame(records, schema={**schema.polars_schema, **({DERIVED_KEYS[name]: pl.String}
                                                                        if name in DERIVED_KEYS else {})})
     return frame.select(schema.column_names).sort(list(schema.key))

@@ -319,6 +319,107 @@ def price(
         raise typer.Exit(1)
 
 
+@app.command("sweep")
+def sweep(
+    as_of: Annotated[Optional[str], typer.Option("--as-of", help="ISO date (default: the latest market date).")] = None,
+    db: DbOption = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Model for stale prices (default: "
+                                                                 "pledgeval:latest if present).")] = None,
+    reports: Annotated[Path, typer.Option(help="Folder for the HTML report.")] = Path("var/reports"),
+    config: Annotated[Optional[Path], typer.Option(help="Monitor thresholds (default monitoring/monitor.toml).")]
+    = None,
+) -> None:
+    """Re-score every open position as of a date, store results and alerts, write the HTML report.
+    Safe for cron/Airflow: the same as-of twice changes nothing; a lock keeps two runs apart."""
+    from datetime import date as _date
+
+    from monitoring import Monitor, SweepLocked, load_config
+    from monitoring.report import write_report
+
+    store = Store(db)
+    try:
+        when = _date.fromisoformat(as_of) if as_of else None
+    except ValueError:
+        _fail(f"--as-of: not an ISO date: {as_of!r}")
+    value_fn = _model_value_fn(model)
+    monitor = Monitor(store, load_config(config), value_fn)
+    try:
+        outcome = monitor.run_sweep(when)
+    except (SweepLocked, ValueError) as exc:
+        _fail(str(exc))
+    sweep_row = monitor.get_sweep(outcome.sweep_id)
+    results = monitor.results(outcome.sweep_id).join(
+        store.read("positions").select("position_id", "loan_amount"), on="position_id", how="left")
+    market = store.read("market", store.table("market").c.date <= outcome.as_of)
+    path = write_report(reports, sweep_row, results, market)
+    verb = "swept" if outcome.created else "already swept (nothing changed)"
+    console.print(f"{outcome.sweep_id}: {verb}; {outcome.n_positions} positions, {outcome.n_alerts} alerts; "
+                  f"actions {outcome.summary['actions']}; report {path}")
+
+
+@app.command("replay")
+def replay_command(
+    online_retail: Annotated[Path, typer.Option(help="Online Retail order lines.")],
+    pledge_date: Annotated[str, typer.Option(help="ISO date the book is pledged.")] = "2011-05-01",
+    until: Annotated[str, typer.Option(help="ISO date the replay ends.")] = "2011-08-31",
+    tune_pledge_date: Annotated[Optional[str], typer.Option(help="Choose the watch thresholds on an earlier "
+                                                                 "window starting here ...")] = "2011-01-01",
+    tune_until: Annotated[Optional[str], typer.Option(help="... and ending here (must end before --pledge-date)."
+                                                      )] = "2011-04-30",
+) -> None:
+    """Replay real history day by day through the monitor and score its early warnings."""
+    from datetime import date as _date
+
+    from monitoring.health import load_config
+    from monitoring.replay import TUNING_GRID, replay, tune_actions
+
+    pledge, end = _date.fromisoformat(pledge_date), _date.fromisoformat(until)
+    retail = read_online_retail(online_retail)
+    config = load_config()
+    if tune_pledge_date:
+        t0, t1 = _date.fromisoformat(tune_pledge_date), _date.fromisoformat(tune_until)
+        if t1 >= pledge:
+            _fail("--tune-until must be before --pledge-date: thresholds are chosen on earlier months")
+        from data.market import derive_market
+        best, tuned, _ = tune_actions(retail.orders.filter(pl.col("ordered_at").dt.date() <= t1),
+                                      derive_market(retail.orders.filter(pl.col("ordered_at").dt.date() <= t1)),
+                                      t0, t1, config)
+        config["actions"].update({k: best[k] for k in TUNING_GRID})
+        console.print(f"thresholds chosen on {t0}..{t1}: " + ", ".join(f"{k}={best[k]}" for k in TUNING_GRID)
+                      + f" (there: flag_recall {tuned.flag_recall:.3f}, false_alarm_rate {tuned.false_alarm_rate:.3f})")
+    score, book = replay(retail.orders.filter(pl.col("ordered_at").dt.date() <= end), pledge, end, config)
+    table = Table(title=f"replay: {score.n_positions} positions pledged {pledge}, swept daily to {end}")
+    for column in ("", "alert >= 7 days before", "alert later", "no alert", "total"):
+        table.add_column(column, justify="right")
+    table.add_row("loss event", str(score.caught), str(score.late), str(score.missed), str(score.n_events))
+    no_event = score.false_alarms + score.quiet_ok
+    table.add_row("no event", str(score.false_alarms), "-", str(score.quiet_ok), str(no_event))
+    console.print(table)
+    print(f"flag_recall={score.flag_recall:.4f} false_alarm_rate={score.false_alarm_rate:.4f} "
+          f"median_lead_days={score.median_lead_days:.1f} n_events={score.n_events} n_positions={score.n_positions}")
+
+
+def _model_value_fn(model: Optional[str]):
+    """spu_ids -> model values, from the BentoML model (None when there is none and none was asked for)."""
+    from valuation.model import PledgeModel
+
+    try:
+        pledge_model = PledgeModel.load(model) if model and Path(model).is_dir() else \
+            PledgeModel.load_from_store(model or "pledgeval:latest")
+    except Exception as exc:
+        if model:
+            _fail(f"cannot load model '{model}': {exc}")
+        return None
+    known = set(pledge_model.catalog.spu_ids)
+
+    def values(spu_ids: list[str]) -> pl.DataFrame:
+        answers = pledge_model.price([{"spu_id": s} for s in spu_ids if s in known])
+        return answers.select("spu_id", "value", "value_low", "value_high").drop_nulls("value") if answers.height \
+            else pl.DataFrame(schema={"spu_id": pl.String, "value": pl.Float64, "value_low": pl.Float64,
+                                      "value_high": pl.Float64})
+    return values
+
+
 def _load_model(model: str):
     from valuation.model import PledgeModel
 

@@ -1,0 +1,198 @@
+"""Replay real history through the monitor and score its early warnings honestly.
+
+One position is pledged on every SPU on sale at the pledge date (at least 4 invoices in the 8 weeks
+before; quantity = 4 weeks of its pre-pledge sales; loan = pledge value at 70% of the pre-pledge median
+price). Each later day is fed to the monitor only once it has happened, and the book is swept daily.
+
+A **loss event** for an SPU is the first day d >= pledge + 28 on which its units sold in the 28 days
+up to d fall below 25% of its average 28-day units in the 8 weeks before the pledge, or the median
+unit price in those 28 days falls below 70% of its pre-pledge median. An event is **caught** when the
+position's first alert came at least 7 days before it; a **false alarm** is an alert on an SPU with
+no event up to the end of the replay.
+"""
+
+from __future__ import annotations
+
+import itertools
+import tempfile
+from copy import deepcopy
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from data import Store
+from data.market import derive_market
+from monitoring.health import load_config, score_book
+from monitoring.sweep import Monitor
+
+PRE_WEEKS = 8
+EVENT_WINDOW = 28
+MIN_LEAD_DAYS = 7
+TUNING_GRID = {
+    "watch_velocity_ratio": [0.2, 0.3, 0.4, 0.5, 0.6],
+    "watch_price_change": [-0.1, -0.15, -0.2, -0.3, -1.0],
+    "watch_score": [30, 40, 50, 60, 70],
+}
+
+
+@dataclass
+class ReplayScore:
+    n_positions: int
+    n_events: int
+    caught: int
+    late: int            # alerted, but less than 7 days before the event (or after it)
+    missed: int          # event, never alerted
+    false_alarms: int
+    quiet_ok: int        # no event, no alert
+    median_lead_days: float
+
+    @property
+    def flag_recall(self) -> float:
+        return self.caught / self.n_events if self.n_events else 0.0
+
+    @property
+    def false_alarm_rate(self) -> float:
+        no_event = self.false_alarms + self.quiet_ok
+        return self.false_alarms / no_event if no_event else 0.0
+
+
+def pledge_book(orders: pl.DataFrame, market: pl.DataFrame, pledge: date) -> pl.DataFrame:
+    start = pledge - timedelta(weeks=PRE_WEEKS)
+    pre = orders.filter(~pl.col("cancelled") & (pl.col("ordered_at").dt.date() >= start)
+                        & (pl.col("ordered_at").dt.date() < pledge))
+    invoices = (pre.with_columns(pl.col("order_id").str.split(":").list.first().alias("invoice"))
+                .group_by("spu_id").agg(pl.col("invoice").n_unique().alias("invoices"),
+                                        pl.col("quantity").sum().alias("units")))
+    prices = (market.filter((pl.col("date") >= start) & (pl.col("date") < pledge))
+              .group_by("spu_id").agg(pl.col("price").median().alias("pre_price")))
+    eligible = invoices.filter(pl.col("invoices") >= 4).join(prices, on="spu_id").sort("spu_id")
+    quantity = (eligible["units"] / 2).round().clip(lower_bound=1).cast(pl.Int64)  # 4 weeks of sales
+    pledge_unit_price = eligible["pre_price"] * 0.7
+    return pl.DataFrame({
+        "position_id": "R-" + eligible["spu_id"], "loan_id": "RL-" + eligible["spu_id"],
+        "borrower": ["replay"] * eligible.height, "spu_id": eligible["spu_id"], "quantity": quantity,
+        "warehouse": ["replay"] * eligible.height, "pledged_at": [pledge] * eligible.height,
+        "loan_amount": quantity * pledge_unit_price, "pledge_unit_price": pledge_unit_price,
+    })
+
+
+def loss_events(market: pl.DataFrame, book: pl.DataFrame, pledge: date, until: date) -> dict[str, date]:
+    """First loss-event day per SPU (SPUs without an event are absent)."""
+    start = pledge - timedelta(weeks=PRE_WEEKS)
+    days = [pledge + timedelta(days=i) for i in range((until - pledge).days + 1)]
+    grid_start = start
+    n = (until - grid_start).days + 1
+    events = {}
+    by_spu = market.filter(pl.col("spu_id").is_in(book["spu_id"].implode()) & (pl.col("date") >= grid_start)
+                           & (pl.col("date") <= until)).partition_by("spu_id", as_dict=True)
+    for (spu,), rows in by_spu.items():
+        offset = np.array([(d - grid_start).days for d in rows["date"].to_list()])
+        units = np.zeros(n)
+        prices = np.full(n, np.nan)
+        units[offset] = rows["units_sold"].to_numpy()
+        prices[offset] = rows["price"].to_numpy()
+        pre = slice(0, (pledge - grid_start).days)
+        base_units = units[pre].sum() / (PRE_WEEKS * 7 / EVENT_WINDOW)
+        base_price = np.nanmedian(prices[pre])
+        for d in days:
+            if (d - pledge).days < EVENT_WINDOW:
+                continue
+            end = (d - grid_start).days + 1
+            window = slice(end - EVENT_WINDOW, end)
+            window_prices = prices[window][~np.isnan(prices[window])]
+            low_price = window_prices.size and np.median(window_prices) < 0.7 * base_price
+            if units[window].sum() < 0.25 * base_units or low_price:
+                events[spu] = d
+                break
+    return events
+
+
+def score_alerts(first_alert: dict[str, date], events: dict[str, date], spus: list[str]) -> ReplayScore:
+    caught = late = missed = false_alarms = quiet = 0
+    leads = []
+    for spu in spus:
+        alert, event = first_alert.get(spu), events.get(spu)
+        if event is not None:
+            if alert is None:
+                missed += 1
+            elif (event - alert).days >= MIN_LEAD_DAYS:
+                caught += 1
+                leads.append((event - alert).days)
+            else:
+                late += 1
+        elif alert is not None:
+            false_alarms += 1
+        else:
+            quiet += 1
+    return ReplayScore(len(spus), len(events), caught, late, missed, false_alarms, quiet,
+                       float(np.median(leads)) if leads else float("nan"))
+
+
+def daily_scores(orders_market: pl.DataFrame, book: pl.DataFrame, pledge: date, until: date,
+                 config: dict) -> pl.DataFrame:
+    """Score the book every day (no alerts state): the raw material for tuning action thresholds."""
+    frames = []
+    for i in range(1, (until - pledge).days + 1):
+        d = pledge + timedelta(days=i)
+        seen = orders_market.filter(pl.col("date") <= d)
+        frames.append(score_book(book, seen, d, config).select(
+            pl.lit(d).alias("day"), "spu_id", "ltv", "health", "velocity_trend", "price_change"))
+    return pl.concat(frames)
+
+
+def first_alerts(scores: pl.DataFrame, actions: dict) -> dict[str, date]:
+    """First day each SPU's action is worse than ok, under these action thresholds."""
+    a = actions
+    # the same rule as monitoring.health: any of these makes the action worse than ok
+    worst_score = max(a["watch_score"], a["topup_score"], a["liquidate_score"])
+    flagged = scores.filter((pl.col("ltv") >= min(a["topup_ltv"], a["liquidate_ltv"]))
+                            | (pl.col("health") < worst_score)
+                            | (pl.col("velocity_trend") < a["watch_velocity_ratio"])
+                            | (pl.col("price_change") < a["watch_price_change"]))
+    return dict(flagged.group_by("spu_id").agg(pl.col("day").min()).iter_rows())
+
+
+def tune_actions(orders: pl.DataFrame, market: pl.DataFrame, pledge: date, until: date, config: dict,
+                 max_false_alarm_rate: float = 0.25) -> tuple[dict, ReplayScore, pl.DataFrame]:
+    """Choose the watch thresholds on an earlier window: the best recall at a false-alarm rate within
+    the bound (ties: fewer false alarms)."""
+    book = pledge_book(orders, market, pledge)
+    events = loss_events(market, book, pledge, until)
+    scores = daily_scores(market, book, pledge, until, config)
+    spus = book["spu_id"].to_list()
+    trials = []
+    for values in itertools.product(*TUNING_GRID.values()):
+        actions = {**config["actions"], **dict(zip(TUNING_GRID, values))}
+        result = score_alerts(first_alerts(scores, actions), events, spus)
+        trials.append((actions, result))
+    table = pl.DataFrame([{**{k: a[k] for k in TUNING_GRID}, "flag_recall": r.flag_recall,
+                           "false_alarm_rate": r.false_alarm_rate} for a, r in trials])
+    allowed = [t for t in trials if t[1].false_alarm_rate <= max_false_alarm_rate] or trials
+    best = max(allowed, key=lambda t: (t[1].flag_recall, -t[1].false_alarm_rate))
+    return best[0], best[1], table
+
+
+def replay(orders: pl.DataFrame, pledge: date, until: date, config: dict | None = None,
+           store_url: str | None = None) -> tuple[ReplayScore, pl.DataFrame]:
+    """Run the monitor day by day over real history and score its alerts; returns score and book."""
+    config = deepcopy(config or load_config())
+    market = derive_market(orders)
+    book = pledge_book(orders, market, pledge)
+    events = loss_events(market, book, pledge, until)
+    with tempfile.TemporaryDirectory() as folder:
+        store = Store(store_url or f"sqlite:///{Path(folder) / 'replay.db'}")
+        monitor = Monitor(store, config)
+        spus = book["spu_id"].to_list()
+        relevant = market.filter(pl.col("spu_id").is_in(spus))
+        for i in range(1, (until - pledge).days + 1):
+            d = pledge + timedelta(days=i)
+            # the monitor is handed only what has happened by the end of day d
+            monitor.run_sweep(d, market=relevant.filter(pl.col("date") <= d), positions=book)
+        alerts = store.read("alerts")
+        store.close()
+    first = dict(alerts.group_by("position_id").agg(pl.col("as_of").min())
+                 .with_columns(pl.col("position_id").str.strip_prefix("R-")).iter_rows())
+    return score_alerts(first, events, spus), book

@@ -1,0 +1,153 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+from datetime import date, datetime, timedelta
+
+import polars as pl
+import pytest
+
+from data import Store
+from monitoring import Monitor, SweepLocked, load_config, score_book
+from monitoring.replay import score_alerts
+from monitoring.report import render_report
+
+AS_OF = date(2024, 3, 31)
+
+
+def book(**overrides):
+    row = {"position_id": "P1", "loan_id": "L1", "borrower": "B", "spu_id": "A", "quantity": 100, "warehouse": "W",
+           "pledged_at": date(2024, 2, 1), "loan_amount": 700.0, "pledge_unit_price": 7.0}
+    row.update(overrides)
+    return pl.DataFrame([row])
+
+
+def steady_market(spu="A", price=10.0, units=5, start=date(2023, 12, 1), end=AS_OF, every=1):
+    days = [start + timedelta(days=i) for i in range(0, (end - start).days + 1, every)]
+    return pl.DataFrame({"spu_id": [spu] * len(days), "date": days, "price": [price] * len(days),
+                         "units_sold": [units] * len(days)})
+
+
+def test_healthy_position_is_ok_and_ltv_is_loan_over_collateral():
+    r = score_book(book(), steady_market(), AS_OF).row(0, named=True)
+    assert r["value_source"] == "market" and r["unit_value"] == 10.0
+    assert r["ltv"] == pytest.approx(700 / (100 * 10.0)) and r["price_change"] == pytest.approx(0.0)
+    assert r["action"] == "ok" and r["grade"] == "A" and not r["alert"]
+
+
+@pytest.mark.parametrize("loan, action", [(849.0, "ok"), (851.0, "top-up"), (999.0, "top-up"), (1000.0, "liquidate")])
+def test_ltv_threshold_edges(loan, action):
+    config = load_config()
+    config["actions"]["watch_score"] = 0  # isolate the LTV rules
+    config["actions"]["topup_score"] = config["actions"]["liquidate_score"] = 0
+    r = score_book(book(loan_amount=loan), steady_market(), AS_OF, config).row(0, named=True)
+    assert r["action"] == action
+
+
+def test_price_fall_and_sales_slowdown_are_reasons():
+    falling = steady_market().with_columns(
+        pl.when(pl.col("date") > date(2024, 3, 10)).then(6.0).otherwise(10.0).alias("price"),
+        pl.when(pl.col("date") > date(2024, 3, 10)).then(1).otherwise(5).alias("units_sold"))
+    r = score_book(book(), falling, AS_OF).row(0, named=True)
+    assert r["price_change"] == pytest.approx(-0.4)
+    assert {"price_drop", "sales_slowing", "ltv_high"} <= set(r["reasons"]) and r["action"] != "ok"
+
+
+def test_stale_price_uses_model_value_with_reason():
+    old = steady_market(end=AS_OF - timedelta(days=30))
+    model = pl.DataFrame({"spu_id": ["A"], "value": [8.0], "value_low": [6.0], "value_high": [11.0]})
+    r = score_book(book(), old, AS_OF, model_values=model).row(0, named=True)
+    assert r["stale_price"] and r["value_source"] == "model" and r["unit_value"] == 8.0
+    assert (r["value_low"], r["value_high"]) == (6.0, 11.0) and "stale_price" in r["reasons"]
+    without = score_book(book(), old, AS_OF).row(0, named=True)
+    assert without["value_source"] == "last_price" and "stale_price" in without["reasons"]
+
+
+def test_future_positions_and_days_are_not_seen():
+    market = steady_market().vstack(pl.DataFrame({"spu_id": ["A"], "date": [AS_OF + timedelta(days=1)],
+                                                  "price": [1.0], "units_sold": [999]}))
+    r = score_book(book().vstack(book(position_id="P2", pledged_at=AS_OF + timedelta(days=5))), market, AS_OF)
+    assert r["position_id"].to_list() == ["P1"] and r["unit_value"][0] == 10.0
+
+
+@pytest.fixture()
+def monitor(store):
+    store.upsert("spus", pl.DataFrame({"spu_id": ["A", "B"], "title": ["a", "b"]}))
+    store.upsert("positions", book().vstack(book(position_id="P2", spu_id="B", loan_amount=800.0)))
+    falling_b = steady_market("B").with_columns(
+        pl.when(pl.col("date") > date(2024, 3, 20)).then(5.0).otherwise(10.0).alias("price"))
+    store.upsert("market", steady_market("A").vstack(falling_b))
+    return Monitor(store)
+
+
+def test_sweep_is_idempotent_and_alerts_deduplicated(monitor):
+    first = monitor.run_sweep(AS_OF)
+    assert first.created and first.n_positions == 2 and first.n_alerts == 1
+    again = monitor.run_sweep(AS_OF)
+    assert not again.created and monitor.store.count("sweep_results") == 2 and monitor.store.count("alerts") == 1
+    later = monitor.run_sweep(AS_OF + timedelta(days=1))  # same bad state next day: no repeated alarm
+    assert later.created and later.n_alerts == 0
+    results = monitor.results(later.sweep_id)
+    assert results.filter(pl.col("position_id") == "P2")["action"][0] != "ok"
+    history, alerts = monitor.position_history("P2")
+    assert history.height == 2 and alerts.height == 1
+
+
+def test_lock_keeps_two_schedulers_apart(monitor):
+    other = Monitor(monitor.store)
+    other.holder = "another-host:1"
+    other._acquire()
+    with pytest.raises(SweepLocked, match="another-host"):
+        monitor.run_sweep(AS_OF)
+    other._release()
+    assert monitor.run_sweep(AS_OF).created
+
+
+KILL = """
+import os, signal, sys
+from datetime import date
+from data import Store
+from monitoring import Monitor
+store = Store(sys.argv[1])
+monitor = Monitor(store)
+real = store.upsert_many
+def die_mid_write(frames, connection=None):
+    with store.engine.begin() as conn:
+        real({"sweep_results": frames["sweep_results"]}, conn)  # half the writes are in the transaction ...
+        os.kill(os.getpid(), signal.SIGKILL)                  # ... when the process dies
+store.upsert_many = die_mid_write
+monitor.run_sweep(date(2024, 3, 31))
+"""
+
+
+def test_killed_sweep_leaves_nothing_and_next_run_completes(tmp_path):
+    url = f"sqlite:///{tmp_path}/k.db"
+    store = Store(url)
+    store.upsert("spus", pl.DataFrame({"spu_id": ["A"], "title": ["a"]}))
+    store.upsert("positions", book())
+    store.upsert("market", steady_market())
+    script = tmp_path / "kill.py"
+    script.write_text(KILL)
+    result = subprocess.run([sys.executable, str(script), url], capture_output=True,
+                            env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert result.returncode == -signal.SIGKILL, result.stderr.decode()[-800:]
+    assert store.count("sweep_results") == 0 and store.count("sweeps") == 0
+    outcome = Monitor(store).run_sweep(AS_OF)  # the dead holder's lock is taken over
+    assert outcome.created and store.count("sweep_results") == 1 and store.count("sweeps") == 1
+
+
+def test_report_renders(monitor):
+    outcome = monitor.run_sweep(AS_OF)
+    results = monitor.results(outcome.sweep_id).join(monitor.store.read("positions").select(
+        "position_id", "loan_amount"), on="position_id")
+    page = render_report(monitor.get_sweep(outcome.sweep_id), results, monitor.store.read("market"))
+    assert "Health sweep 2024-03-31" in page and "P2" in page and page.count("data:image/png;base64") >= 2
+
+
+def test_replay_scoring_rules():
+    d = date(2024, 6, 1)
+    score = score_alerts({"A": d, "B": d, "C": d}, {"A": d + timedelta(days=7), "B": d + timedelta(days=6),
+                                                   "D": d}, ["A", "B", "C", "D", "E"])
+    assert (score.caught, score.late, score.missed, score.false_alarms, score.quiet_ok) == (1, 1, 1, 1, 1)
+    assert score.flag_recall == pytest.approx(1 / 3) and score.false_alarm_rate == pytest.approx(0.5)
