@@ -30,6 +30,9 @@ MODEL_NAME = "pledgeval"
 FORMAT_VERSION = 1
 N_COMPARABLES_SHOWN = 3
 MAX_BATCH = 1000
+ANSWER_COLUMNS = ["value", "value_low", "value_high", "head", "haircut", *HAIRCUT_PARTS, "pledge_unit_price",
+                  "quantity", "pledge_value", "days_to_sell", "decision", "reasons", "matched_spu_id", "match_score",
+                  "category", "comparables"]
 ORDER_WINDOW_DAYS = 90  # embeddings.features.order_features' window: velocity is units per day over it
 
 
@@ -152,37 +155,66 @@ class PledgeModel:
 
     def _answer(self, rows, errors, new_rows, new_vectors, matched) -> pl.DataFrame:
         threshold = self.policy.get("matching", {}).get("threshold", 0.9)
-        keys, sources = [], []  # per answered row: where its vectors come from
+        catalog_rows, new_ids = [], []  # (row, spu_id whose catalogue valuation applies, match score)
         for i, row in enumerate(rows):
             if errors[i] is not None:
                 continue
-            keys.append(i)
             if i not in matched:  # a known spu_id: its catalogue row, history included
-                sources.append(("catalog", row["spu_id"]))
+                catalog_rows.append((i, row["spu_id"], None))
             elif matched[i][0] is not None and matched[i][1] >= threshold:  # a new id for a known SPU
-                sources.append(("catalog", matched[i][0]))
+                catalog_rows.append((i, matched[i][0], matched[i][1]))
             else:
-                sources.append(("new", new_rows.index(i)))
+                new_ids.append(i)
         out = pl.DataFrame({"spu_id": [r["spu_id"] for r in rows], "error": errors})
-        if not keys:
-            return out
-        catalog_ids = [s for kind, s in sources if kind == "catalog"]
         parts = []
-        if catalog_ids:
-            parts.append(self.catalog.take(catalog_ids))
-        if any(kind == "new" for kind, _ in sources):
-            parts.append(new_vectors.take([new_vectors.spu_ids[j] for kind, j in sources if kind == "new"]))
-        vectors = _concat_vectors(parts)
-        order = [j for j, (kind, _) in enumerate(sources) if kind == "catalog"] + \
-                [j for j, (kind, _) in enumerate(sources) if kind == "new"]
-        titles = [rows[keys[j]].get("title") or self._title(sources[j][1] if sources[j][0] == "catalog" else None)
-                  for j in order]
+        if catalog_rows:
+            wanted = pl.DataFrame({"row": [r for r, _, _ in catalog_rows], "matched_spu_id": [s for _, s, _ in catalog_rows],
+                                   "match_score": [m for _, _, m in catalog_rows]},
+                                  schema={"row": pl.UInt32, "matched_spu_id": pl.String, "match_score": pl.Float64})
+            parts.append(wanted.join(self.catalog_values(), left_on="matched_spu_id", right_on="spu_id", how="left"))
+        if new_ids:
+            vectors = new_vectors.take([rows[i]["spu_id"] for i in new_ids])
+            valued = self._value(vectors, [rows[i].get("title") or "" for i in new_ids], known=False)
+            parts.append(valued.drop("spu_id").with_columns(
+                pl.Series("row", new_ids, dtype=pl.UInt32), pl.lit(None, dtype=pl.String).alias("matched_spu_id"),
+                pl.Series("match_score", [float(matched[i][1]) for i in new_ids], dtype=pl.Float64)))
+        if not parts:
+            return out
+        priced = pl.concat(parts, how="diagonal_relaxed")
+        # one lazy plan, collected once: a one-item request should not pay for a dozen eager steps
+        priced = priced.lazy().with_columns(
+            pl.Series("quantity", [int(rows[r].get("quantity") or 1) for r in priced["row"]], dtype=pl.Int64),
+            pl.col("matched_spu_id").is_not_null().alias("matched"))
+        priced = self._admission.apply(self._haircut.apply(priced))
+        priced = priced.with_columns((pl.col("pledge_unit_price") * pl.col("quantity")).alias("pledge_value"))
+        return (out.lazy().with_row_index("row").join(priced.select("row", *ANSWER_COLUMNS), on="row", how="left")
+                .drop("row").select("spu_id", *ANSWER_COLUMNS, "error").collect())
+
+    @property
+    def _haircut(self) -> HaircutPolicy:
+        return HaircutPolicy(self.policy)
+
+    @property
+    def _admission(self) -> AdmissionPolicy:
+        return AdmissionPolicy(self.policy)
+
+    def catalog_values(self) -> pl.DataFrame:
+        """Every known SPU valued once (value, interval, comparables, history signals) and kept: a request
+        for a known SPU then only applies its quantity-dependent haircut and admission."""
+        if getattr(self, "_catalog_values", None) is None:
+            self._catalog_values = self._value(self.catalog, self.side.select("spu_id", "title").join(
+                pl.DataFrame({"spu_id": self.catalog.spu_ids}), on="spu_id", how="right")["title"].fill_null("")
+                .to_list(), known=True)
+        return self._catalog_values
+
+    def _value(self, vectors: SpuVectors, titles: list[str], known: bool) -> pl.DataFrame:
         values, comparables = self.values.predict(self.index, vectors, titles, exclude_self=True)
         history = vectors.order_features
-        priced = pl.DataFrame({
-            "row": [keys[j] for j in order],
-            "matched_spu_id": [sources[j][1] if sources[j][0] == "catalog" else None for j in order],
-            "match_score": [float(matched[keys[j]][1]) if keys[j] in matched else None for j in order],
+        categories = dict(zip(self.side["spu_id"].to_list(), self.side["category"].to_list()))
+        # a known SPU has its own category; a new one is taken to be in its nearest comparable's
+        category_of = [s if known else (ids[0] if ids else None) for s, ids in zip(vectors.spu_ids, comparables.spu_ids)]
+        return pl.DataFrame({
+            "spu_id": vectors.spu_ids,
             "head": values["head"],
             "value": np.exp(values["log_value"].to_numpy()),
             "value_low": np.exp(values["log_low"].to_numpy()),
@@ -190,30 +222,10 @@ class PledgeModel:
             "daily_volatility": history["volatility"],
             "units_per_day": history["sales_velocity"].exp() - 1,
             "negativity": [None if np.isnan(x) else float(x) for x in vectors.negativity],
-            "quantity": [int(rows[keys[j]].get("quantity") or 1) for j in order],
-            "category": [self._category(sources[j][1]) if sources[j][0] == "catalog" else
-                         self._category(comparables.spu_ids[k][0] if comparables.spu_ids[k] else None)
-                         for k, j in enumerate(order)],
+            "category": [categories.get(s) for s in category_of],
             "comparables": [self._comparables(ids, sims, prices) for ids, sims, prices in
                             zip(comparables.spu_ids, comparables.similarity, comparables.log_price)],
-        }).with_columns((pl.col("matched_spu_id").is_not_null()).alias("matched"))
-        priced = AdmissionPolicy(self.policy).apply(HaircutPolicy(self.policy).apply(priced))
-        priced = priced.with_columns((pl.col("pledge_unit_price") * pl.col("quantity")).alias("pledge_value"))
-        columns = ["value", "value_low", "value_high", "head", "haircut", *HAIRCUT_PARTS, "pledge_unit_price",
-                   "quantity", "pledge_value", "days_to_sell", "decision", "reasons", "matched_spu_id",
-                   "match_score", "category", "comparables"]
-        return (out.with_row_index("row").join(priced.select("row", *columns), on="row", how="left")
-                .drop("row").select("spu_id", *columns, "error"))
-
-    def _title(self, spu_id):
-        hit = self.side.filter(pl.col("spu_id") == spu_id)
-        return hit["title"][0] if hit.height else ""
-
-    def _category(self, spu_id):
-        if spu_id is None:
-            return None
-        hit = self.side.filter(pl.col("spu_id") == spu_id)
-        return hit["category"][0] if hit.height else None
+        })
 
     def _comparables(self, ids, sims, log_prices) -> list[dict]:
         shown = list(zip(ids, sims, log_prices))[:N_COMPARABLES_SHOWN]

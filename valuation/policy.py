@@ -29,7 +29,7 @@ class HaircutPolicy:
     def __init__(self, policy: dict | None = None):
         self.config = (policy or load_policy())["haircut"]
 
-    def apply(self, frame: pl.DataFrame) -> pl.DataFrame:
+    def apply(self, frame: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame | pl.LazyFrame:
         c = self.config
         base = pl.col("category").replace_strict(c.get("base", {}), default=c["default_base"],
                                                   return_dtype=pl.Float64)
@@ -63,7 +63,7 @@ class AdmissionPolicy:
     def __init__(self, policy: dict | None = None):
         self.config = (policy or load_policy())["admission"]
 
-    def apply(self, frame: pl.DataFrame) -> pl.DataFrame:
+    def apply(self, frame: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame | pl.LazyFrame:
         c = self.config
         width = (pl.col("value_high") - pl.col("value_low")) / pl.col("value")
         wide = width > c["max_relative_width"]

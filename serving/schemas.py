@@ -1,0 +1,58 @@
+"""Request schemas of the HTTP service, and how item errors become HTTP status codes."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from http import HTTPStatus
+
+from pydantic import BaseModel, Field, field_validator
+
+MAX_BATCH = 256
+MAX_IMAGE_BYTES = 8 * 1024 * 1024
+MAX_BODY_BYTES = 4 * MAX_IMAGE_BYTES + 1024 * 1024  # a few base64 images and the rest of the batch
+
+
+class SpuQuery(BaseModel):
+    title: str | None = Field(None, max_length=500, description="Product title")
+    image_base64: str | None = Field(None, max_length=MAX_IMAGE_BYTES * 4 // 3 + 4,
+                                     description="One product photo, base64 (JPEG/PNG/WebP)")
+
+    @field_validator("image_base64")
+    @classmethod
+    def _decodable(cls, value: str | None) -> str | None:
+        if value is not None:
+            image_bytes(value)
+        return value
+
+    def images(self) -> list[bytes]:
+        return [image_bytes(self.image_base64)] if self.image_base64 else []
+
+
+class PriceItem(SpuQuery):
+    spu_id: str = Field(min_length=1, max_length=128, description="Known SPU id, or a new id for a new SPU")
+    reviews: list[str] = Field(default_factory=list, max_length=100, description="Review texts")
+    quantity: int = Field(1, gt=0, le=1_000_000_000, description="Units pledged")
+
+    def request(self) -> dict:
+        return {"spu_id": self.spu_id, "title": self.title, "images": self.images(), "reviews": self.reviews,
+                "quantity": self.quantity}
+
+
+def image_bytes(value: str) -> bytes:
+    try:
+        data = base64.b64decode(value.split(",", 1)[-1] if value.startswith("data:") else value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"image_base64 is not valid base64: {exc}") from exc
+    if len(data) > MAX_IMAGE_BYTES:
+        raise ValueError(f"image is {len(data):,} bytes; at most {MAX_IMAGE_BYTES:,}")
+    return data
+
+
+def status_of(error: str) -> HTTPStatus:
+    """The HTTP status a single failed item earns, from the field its error names."""
+    if error.startswith("spu_id: unknown spu_id"):
+        return HTTPStatus.NOT_FOUND
+    if error.startswith("images:"):
+        return HTTPStatus.REQUEST_ENTITY_TOO_LARGE if "pixel limit" in error else HTTPStatus.BAD_REQUEST
+    return HTTPStatus.UNPROCESSABLE_ENTITY

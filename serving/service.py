@@ -1,0 +1,241 @@
+"""The BentoML service desks call: pledge prices, admission, similar SPUs, position health, sweeps.
+
+The model is loaded once at start-up from the BentoML model store (``PLEDGEVAL_MODEL``, default
+``pledgeval:latest``); with an empty store the demo model is built first. The service holds no
+business logic: valuation, embeddings and monitoring do the work.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from datetime import date, datetime
+from http import HTTPStatus
+from pathlib import Path
+
+import bentoml
+import numpy as np
+import polars as pl
+from bentoml.exceptions import BentoMLException
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from serving.auth import ApiKeyMiddleware, api_key, bind_host
+from serving.schemas import MAX_BATCH, PriceItem, SpuQuery, status_of
+
+log = logging.getLogger("pledgeval")
+MODEL_TAG = os.environ.get("PLEDGEVAL_MODEL", "pledgeval:latest")
+DEMO_DIR = Path(os.environ.get("PLEDGEVAL_DEMO_DIR", "var/demo"))
+
+
+def _load_model():
+    from valuation.model import PledgeModel
+
+    try:
+        return PledgeModel.load_from_store(MODEL_TAG)
+    except bentoml.exceptions.NotFound:
+        log.warning("no model %s in the BentoML store (%s): building the demo model", MODEL_TAG,
+                    os.environ.get("BENTOML_HOME", "~/bentoml"))
+        from serving.cli import train
+        from data import generate_demo_catalog
+
+        if not (DEMO_DIR / "spus.parquet").is_file():
+            generate_demo_catalog(DEMO_DIR)
+        train(catalog=DEMO_DIR, online_retail=None, until=None, config="minilm-rn-tiny", checkpoint=None,
+              tower_epochs=20, cache=Path("var/cache/vectors.db"))
+        return PledgeModel.load_from_store(MODEL_TAG)
+
+
+def _json_rows(frame: pl.DataFrame) -> list[dict]:
+    return json.loads(frame.write_json())  # dates, NaN and nested lists as JSON sees them
+
+
+# The GET routes with path parameters live in a small Starlette app mounted on the service.
+def _position_health(request: Request) -> JSONResponse:
+    return JSONResponse(SERVICE_STATE["service"].position_health(request.path_params["position_id"]))
+
+
+def _sweep_status(request: Request) -> JSONResponse:
+    return JSONResponse(SERVICE_STATE["service"].sweep_status(request.path_params["sweep_id"]))
+
+
+async def _http_errors(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, BentoMLException):
+        return JSONResponse({"error": exc.message}, status_code=int(exc.error_code))
+    raise exc
+
+
+SERVICE_STATE: dict = {}
+positions_app = Starlette(routes=[Route("/{position_id}/health", _position_health)],
+                          exception_handlers={BentoMLException: _http_errors})
+sweeps_app = Starlette(routes=[Route("/{sweep_id}", _sweep_status)], exception_handlers={BentoMLException: _http_errors})
+
+
+# Two worker processes: the GIL would otherwise hold one process to one of the two cores.
+@bentoml.service(http={"host": bind_host()}, traffic={"timeout": 120},
+                 workers=int(os.environ.get("PLEDGEVAL_WORKERS", "2")))
+@bentoml.asgi_app(positions_app, path="/positions")
+@bentoml.asgi_app(sweeps_app, path="/sweeps")
+class PledgeService:
+    def __init__(self) -> None:
+        from data import Store
+        from monitoring import Monitor, load_config
+
+        if api_key() is None:
+            log.warning("PLEDGEVAL_API_KEY is not set: no key is asked for, and the service binds to "
+                        "127.0.0.1 only")
+        self.model = _load_model()
+        self._one_thread_per_request()
+        self.model.catalog_values()  # value every known SPU now, not on the first request
+        self.store = Store()
+        self.monitor_config = load_config(os.environ.get("PLEDGEVAL_MONITOR_CONFIG"))
+        self.monitor = Monitor(self.store, self.monitor_config, self._model_values)
+        self.sweeps_running: dict[str, str] = {}
+        self.sweep_errors: dict[str, str] = {}
+        self.known = set(self.model.catalog.spu_ids)
+        SERVICE_STATE["service"] = self
+        if os.environ.get("PLEDGEVAL_SCHEDULE", "on") != "off":
+            threading.Thread(target=self._scheduler, name="sweep-scheduler", daemon=True).start()
+
+    @staticmethod
+    def _one_thread_per_request() -> None:
+        """Requests run in parallel threads; libraries that each start their own threads on top would
+        oversubscribe the cores and make every request slower."""
+        import faiss
+        import torch
+
+        torch.set_num_threads(int(os.environ.get("PLEDGEVAL_TORCH_THREADS", "1")))
+        faiss.omp_set_num_threads(1)
+
+    # -- pricing ------------------------------------------------------------------------------
+    @bentoml.api(route="/price")
+    def price(self, items: list[PriceItem]) -> list[dict]:
+        """Value, interval, haircut parts, pledge price, decision, reasons and comparables per item.
+        A bad item is answered with its error; if every item is bad, the status says why."""
+        return self._price(items)
+
+    def _price(self, items: list[PriceItem]) -> list[dict]:
+        if not items:
+            raise BentoMLException("items: empty", error_code=HTTPStatus.UNPROCESSABLE_ENTITY)
+        if len(items) > MAX_BATCH:
+            raise BentoMLException(f"items: {len(items)} in one request; at most {MAX_BATCH}",
+                                   error_code=HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+        answers = self.model.price([item.request() for item in items]).to_dicts()
+        errors = [a["error"] for a in answers if a["error"]]
+        if len(errors) == len(answers):
+            raise BentoMLException("; ".join(errors), error_code=status_of(errors[0]))
+        return answers
+
+    @bentoml.api(route="/admit")
+    def admit(self, items: list[PriceItem]) -> list[dict]:
+        """Admission only: accept / review / reject with reasons and the pledge price behind it."""
+        keep = ("spu_id", "decision", "reasons", "pledge_unit_price", "haircut", "matched_spu_id", "error")
+        return [{k: a[k] for k in keep} for a in self._price(items)]
+
+    @bentoml.api(route="/similar")
+    def similar(self, query: SpuQuery, k: int = 5) -> list[dict]:
+        """The top-k known SPUs for a title and/or an image."""
+        from embeddings import ImageError
+
+        if not 1 <= k <= 50:
+            raise BentoMLException("k: must be 1..50", error_code=HTTPStatus.UNPROCESSABLE_ENTITY)
+        try:
+            vector = self.model.embedder.query(query.title, query.images())
+        except ImageError as exc:
+            raise BentoMLException(f"image_base64: {exc}", error_code=status_of(f"images: {exc}")) from exc
+        except ValueError as exc:
+            raise BentoMLException(str(exc), error_code=HTTPStatus.UNPROCESSABLE_ENTITY) from exc
+        hits = self.model.index.search(vector, k)[0].join(self.model.side, on="spu_id", how="left")
+        prices = {s: float(np.exp(p)) for s, p in self.model.values.reference.items()}
+        return [{**row, "score": round(row["score"], 4), "price": prices.get(row["spu_id"])}
+                for row in _json_rows(hits)]
+
+    # -- monitoring ---------------------------------------------------------------------------
+    @bentoml.api(route="/sweep")
+    def sweep(self, as_of: str | None = None) -> dict:
+        """Start a sweep in the background; poll GET /sweeps/{sweep_id}."""
+        from monitoring import sweep_id_for
+
+        try:
+            when = date.fromisoformat(as_of) if as_of else self.monitor.latest_market_date()
+        except ValueError as exc:
+            raise BentoMLException(f"as_of: not an ISO date: {as_of!r}", error_code=HTTPStatus.UNPROCESSABLE_ENTITY) \
+                from exc
+        if when is None:
+            raise BentoMLException("no market data in the store", error_code=HTTPStatus.CONFLICT)
+        sweep_id = sweep_id_for(when)
+        if sweep_id not in self.sweeps_running:
+            self.sweeps_running[sweep_id] = datetime.now().isoformat()
+            threading.Thread(target=self._run_sweep, args=(when,), daemon=True).start()
+        return {"sweep_id": sweep_id, "status_url": f"/sweeps/{sweep_id}"}
+
+    def _run_sweep(self, when: date) -> None:
+        from monitoring import sweep_id_for
+
+        sweep_id = sweep_id_for(when)
+        try:
+            self.monitor.run_sweep(when)
+            self.sweep_errors.pop(sweep_id, None)
+        except Exception as exc:  # reported on GET /sweeps/{id}; the service keeps serving
+            log.exception("sweep %s failed", sweep_id)
+            self.sweep_errors[sweep_id] = f"{type(exc).__name__}: {exc}"
+        finally:
+            self.sweeps_running.pop(sweep_id, None)
+
+    def sweep_status(self, sweep_id: str) -> dict:
+        stored = self.monitor.get_sweep(sweep_id)
+        if stored is not None:
+            return json.loads(json.dumps(stored, default=str))
+        if sweep_id in self.sweeps_running:
+            return {"sweep_id": sweep_id, "status": "running", "since": self.sweeps_running[sweep_id]}
+        if sweep_id in self.sweep_errors:
+            return {"sweep_id": sweep_id, "status": "failed", "error": self.sweep_errors[sweep_id]}
+        raise BentoMLException(f"unknown sweep_id '{sweep_id}'", error_code=HTTPStatus.NOT_FOUND)
+
+    def position_health(self, position_id: str) -> dict:
+        history, alerts = self.monitor.position_history(position_id)
+        if history.height == 0:
+            positions = self.store.read("positions", self.store.table("positions").c.position_id == position_id)
+            if positions.height == 0:
+                raise BentoMLException(f"unknown position_id '{position_id}'", error_code=HTTPStatus.NOT_FOUND)
+            raise BentoMLException(f"position '{position_id}' has not been swept yet: POST /sweep",
+                                   error_code=HTTPStatus.CONFLICT)
+        history = history.with_columns(pl.col("reasons").str.json_decode(pl.List(pl.String)))
+        latest = _json_rows(history.tail(1))[0]
+        return {"position_id": position_id, "latest": latest,
+                "history": _json_rows(history.select("as_of", "unit_value", "ltv", "health", "grade", "action")),
+                "alerts": _json_rows(alerts) if alerts.height else []}
+
+    def _model_values(self, spu_ids: list[str]) -> pl.DataFrame:
+        answers = self.model.price([{"spu_id": s} for s in spu_ids if s in self.known])
+        if answers.height == 0:
+            return pl.DataFrame(schema={"spu_id": pl.String, "value": pl.Float64, "value_low": pl.Float64,
+                                        "value_high": pl.Float64})
+        return answers.select("spu_id", "value", "value_low", "value_high").drop_nulls("value")
+
+    def _scheduler(self) -> None:
+        """Sweeps on the cron schedule of monitor.toml; the store's lock keeps schedulers apart."""
+        import time
+
+        from croniter import croniter
+
+        from monitoring import SweepLocked
+
+        schedule = croniter(self.monitor_config["schedule"]["cron"], datetime.now())
+        while True:
+            due = schedule.get_next(datetime)
+            time.sleep(max(0.0, (due - datetime.now()).total_seconds()))
+            try:
+                outcome = self.monitor.run_sweep()
+                log.info("scheduled sweep %s: %s", outcome.sweep_id, "done" if outcome.created else "already done")
+            except SweepLocked as exc:
+                log.info("scheduled sweep skipped: %s", exc)
+            except Exception:  # keep the schedule alive; the next run tries again
+                log.exception("scheduled sweep failed")
+
+
+PledgeService.add_asgi_middleware(ApiKeyMiddleware)

@@ -1,0 +1,164 @@
+"""The HTTP service end to end: a real `bentoml serve` on a free loopback port, stopped by pid."""
+
+import base64
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+KEY = "test-key"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(small_catalog, tmp_path_factory):
+    from data import Store, load_table
+    from valuation.model import PledgeModel
+
+    folder, tables = small_catalog
+    home = tmp_path_factory.mktemp("bentoml")
+    db = f"sqlite:///{tmp_path_factory.mktemp('db')}/service.db"
+    env = {**os.environ, "BENTOML_HOME": str(home), "PLEDGEVAL_API_KEY": KEY, "PLEDGEVAL_SCHEDULE": "off",
+           "PLEDGEVAL_DB_URL": db, "HF_HUB_OFFLINE": "1", "BENTOML_DO_NOT_TRACK": "True"}
+    os.environ["BENTOML_HOME"] = str(home)
+    try:
+        PledgeModel.train(tables, log=None).save_to_store()
+    finally:
+        os.environ.pop("BENTOML_HOME")
+    store = Store(db)
+    for name in ("spus", "orders", "market", "positions"):
+        store.upsert(name, load_table(folder / f"{name}.parquet", name).table)
+    store.close()
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "serving.service:PledgeService",
+                                "--port", str(port)], env=env, cwd=Path(__file__).resolve().parents[1],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None:
+            pytest.fail(f"server exited: {process.stdout.read().decode()[-3000:]}")
+        time.sleep(0.5)
+    else:
+        os.killpg(process.pid, signal.SIGTERM)
+        pytest.fail("server did not become ready")
+    client = httpx.Client(base_url=base, headers={"X-API-Key": KEY}, timeout=60)
+    yield client, tables
+    client.close()
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def png(width=32, height=32, mode="RGB") -> str:
+    buffer = io.BytesIO()
+    Image.new(mode, (width, height)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_good_price_request(server):
+    client, tables = server
+    spu = tables["orders"]["spu_id"][0]
+    response = client.post("/price", json={"items": [{"spu_id": spu, "quantity": 10},
+                                                     {"spu_id": "NEW", "title": "Aurora QQ-1 Gold Watch",
+                                                      "image_base64": png()}]})
+    assert response.status_code == 200, response.text
+    known, new = response.json()
+    assert known["spu_id"] == spu and known["value_low"] < known["value"] < known["value_high"]
+    assert abs(known["pledge_unit_price"] - known["value"] * (1 - known["haircut"])) < 1e-9
+    assert known["decision"] in ("accept", "review", "reject") and len(known["comparables"]) == 3
+    assert new["head"] == "cold" and new["decision"] == "review" and new["error"] is None
+
+
+def test_unknown_spu_is_404_with_the_id(server):
+    client, _ = server
+    response = client.post("/price", json={"items": [{"spu_id": "NO-SUCH-SPU"}]})
+    assert response.status_code == 404 and "NO-SUCH-SPU" in response.text
+
+
+def test_corrupt_image_is_400(server):
+    client, _ = server
+    bad = base64.b64encode(b"\x89PNG\r\n\x1a\n this is not a png").decode()
+    response = client.post("/price", json={"items": [{"spu_id": "N", "title": "mug", "image_base64": bad}]})
+    assert response.status_code == 400 and "not a readable image" in response.text
+    response = client.post("/price", json={"items": [{"spu_id": "N", "title": "mug", "image_base64": "%%%"}]})
+    assert response.status_code == 400 and "base64" in response.text
+
+
+def test_50_megapixel_image_refused(server):
+    client, _ = server
+    response = client.post("/price", json={"items": [{"spu_id": "N", "title": "mug",
+                                                      "image_base64": png(10_000, 5_000, "1")}]})
+    assert response.status_code in (400, 413) and "pixel limit" in response.text
+
+
+def test_missing_or_wrong_key_is_401_but_health_is_open(server):
+    client, _ = server
+    base = str(client.base_url)
+    assert httpx.post(f"{base}/price", json={"items": [{"spu_id": "x"}]}).status_code == 401
+    assert httpx.post(f"{base}/price", json={"items": [{"spu_id": "x"}]},
+                      headers={"X-API-Key": "wrong"}).status_code == 401
+    assert httpx.get(f"{base}/healthz").status_code == 200 and httpx.get(f"{base}/readyz").status_code == 200
+
+
+def test_batch_with_one_bad_item_answers_the_others(server):
+    client, tables = server
+    good = tables["spus"]["spu_id"].to_list()[:3]
+    items = [{"spu_id": good[0]}, {"spu_id": "UNKNOWN-1"}, {"spu_id": good[1]}, {"spu_id": good[2]}]
+    response = client.post("/price", json={"items": items})
+    assert response.status_code == 200
+    answers = response.json()
+    assert [a["error"] is None for a in answers] == [True, False, True, True]
+    assert "UNKNOWN-1" in answers[1]["error"] and all(a["value"] for i, a in enumerate(answers) if i != 1)
+
+
+def test_bad_fields_are_4xx_naming_them(server):
+    client, _ = server
+    response = client.post("/price", json={"items": [{"spu_id": "x", "quantity": -5}]})
+    assert response.status_code in (400, 422) and "quantity" in response.text
+    response = client.post("/price", json={"items": [{"spu_id": "x"}] * 300})
+    assert response.status_code == 413 and "at most" in response.text
+    response = client.post("/price", content=b"x" * (40 * 1024 * 1024), headers={"content-type": "application/json"})
+    assert response.status_code == 413
+
+
+def test_similar_admit_sweep_and_health(server):
+    client, tables = server
+    title = tables["spus"]["title"][5]
+    hits = client.post("/similar", json={"query": {"title": title}, "k": 3}).json()
+    assert hits[0]["spu_id"] == tables["spus"]["spu_id"][5] and len(hits) == 3
+    admit = client.post("/admit", json={"items": [{"spu_id": tables["spus"]["spu_id"][0]}]}).json()
+    assert set(admit[0]) >= {"decision", "reasons", "pledge_unit_price"}
+    started = client.post("/sweep", json={}).json()
+    for _ in range(60):
+        status = client.get(f"/sweeps/{started['sweep_id']}").json()
+        if status.get("status") == "completed":
+            break
+        time.sleep(0.5)
+    assert status["status"] == "completed" and status["n_positions"] == tables["positions"].height
+    position = tables["positions"]["position_id"][0]
+    health = client.get(f"/positions/{position}/health").json()
+    assert health["latest"]["action"] in ("ok", "watch", "top-up", "liquidate") and len(health["history"]) == 1
+    assert client.get("/positions/NOPE/health").status_code == 404
+    assert client.get("/sweeps/sweep-1999-01-01").status_code == 404
+    assert client.get("/metrics").status_code == 200
