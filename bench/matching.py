@@ -55,7 +55,7 @@ def main() -> None:
                .with_columns(pl.col("spu_id").is_in(list(new_codes)).not_().alias("positive")))
     titles = indexed
     results = index.search(embedder.encode_texts(queries["title"].to_list()), k=10)
-    decided = [best_candidate(q, hits.join(titles, on="spu_id", how="left"))
+    decided = [best_candidate(q, hits.join(titles, on="spu_id", how="left", maintain_order="left"))
                for q, hits in zip(queries["title"].to_list(), results)]
     plain_top1 = [hits["spu_id"][0] for hits in results]
     queries = queries.with_columns(pl.Series("score", [d[1] for d in decided]),

@@ -62,7 +62,7 @@ def evaluate(embedder, train_spus, train_targets, test_spus, test_targets, revie
                           Ridge(alpha=1.0))
     tfidf.fit(train_titles["title"].to_list(), np.log(ordered["price"].to_numpy()))
     test_titles = test_spus.join(test_targets.select("spu_id"), on="spu_id", how="semi")
-    test_titles = test_targets.select("spu_id").join(test_titles, on="spu_id", how="left")
+    test_titles = test_targets.select("spu_id").join(test_titles, on="spu_id", how="left", maintain_order="left")
     results["TF-IDF + Ridge"] = value_metrics(actual, np.exp(tfidf.predict(test_titles["title"].to_list())))
     return results
 

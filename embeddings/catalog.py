@@ -19,7 +19,7 @@ def build_spu_index(embedder: SpuEmbedder, spus: pl.DataFrame, reviews: pl.DataF
     vectors = embedder.embed(spus, reviews, orders)
     index = SpuIndex(embedder.encoder.dim, embedder.encoder.fingerprint, kind)
     meta = vectors.frame().join(spus.select("spu_id", "title", *[c for c in ("category", "brand") if c in spus.columns]),
-                                on="spu_id", how="left")
+                                on="spu_id", how="left", maintain_order="left")
     index.add(vectors.spu_ids, getattr(vectors, INDEXED_PART), meta)
     index.state = {"embedder": embedder.state(), "indexed_part": INDEXED_PART}
     return index, vectors

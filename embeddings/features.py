@@ -44,7 +44,7 @@ def order_features(orders: pl.DataFrame | pl.LazyFrame, as_of: datetime | None =
     volatility = (sold.group_by("spu_id").agg(
         pl.col("unit_price").median().log().alias("price_level"),
         (pl.col("quantity").sum() / window_days).log1p().alias("sales_velocity"),
-    ).join(weekly, on="spu_id", how="left"))
+    ).join(weekly, on="spu_id", how="left", maintain_order="left"))
     cancels = window.group_by("spu_id").agg(pl.col("cancelled").mean().cast(pl.Float64).alias("cancel_rate"))
     return (volatility.join(cancels, on="spu_id", how="full", coalesce=True)
             .with_columns(pl.col("cancel_rate").fill_null(0.0))

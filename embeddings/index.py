@@ -106,7 +106,7 @@ class SpuIndex:
             self._index.add_with_ids(vectors, ids)
         rows = pl.DataFrame({"id": ids, "spu_id": spu_ids})
         if meta is not None:
-            rows = rows.join(meta, on="spu_id", how="left")
+            rows = rows.join(meta, on="spu_id", how="left", maintain_order="left")
         self.meta = pl.concat([self.meta, rows], how="diagonal_relaxed").sort("id")
 
     def remove(self, spu_ids: list[str], *, _keep_ids: bool = False) -> None:

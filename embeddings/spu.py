@@ -69,7 +69,7 @@ class SpuVectors:
     def frame(self) -> pl.DataFrame:
         """Per-SPU side data for the index's metadata file."""
         return pl.DataFrame({"spu_id": self.spu_ids, **{f"has_{k}": v for k, v in self.has.items()},
-                             "negativity": self.negativity}).join(self.order_features, on="spu_id", how="left")
+                             "negativity": self.negativity}).join(self.order_features, on="spu_id", how="left", maintain_order="left")
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:

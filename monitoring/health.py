@@ -40,7 +40,7 @@ def spu_market_state(market: pl.LazyFrame | pl.DataFrame, as_of: date, config: d
         pl.col("price").sort_by("date").last().alias("last_price"),
         (pl.col("units_sold").filter(days_ago < 28).sum() / 28).alias("rate_4w"),
         (pl.col("units_sold").filter(days_ago < 84).sum() / 84).alias("rate_12w"),
-    ).join(weekly, on="spu_id", how="left"))
+    ).join(weekly, on="spu_id", how="left", maintain_order="left"))
 
 
 def pledge_prices(market: pl.LazyFrame | pl.DataFrame, positions: pl.LazyFrame | pl.DataFrame,
@@ -65,13 +65,13 @@ def score_book(positions: pl.DataFrame | pl.LazyFrame, market: pl.DataFrame | pl
     s, a, g = config["score"], config["actions"], config["grades"]
     book = positions.lazy().filter(pl.col("pledged_at") <= as_of)
     state = spu_market_state(market, as_of, config)
-    frame = (book.join(state, on="spu_id", how="left")
-             .join(pledge_prices(market, book, config), on=["spu_id", "pledged_at"], how="left"))
+    frame = (book.join(state, on="spu_id", how="left", maintain_order="left")
+             .join(pledge_prices(market, book, config), on=["spu_id", "pledged_at"], how="left", maintain_order="left"))
     if model_values is not None:
         frame = frame.join(model_values.lazy().select("spu_id", pl.col("value").alias("model_value"),
                                                       pl.col("value_low").alias("model_low"),
                                                       pl.col("value_high").alias("model_high")),
-                           on="spu_id", how="left")
+                           on="spu_id", how="left", maintain_order="left")
     else:
         frame = frame.with_columns(pl.lit(None, dtype=pl.Float64).alias(c)
                                    for c in ("model_value", "model_low", "model_high"))
@@ -130,7 +130,7 @@ def score_book(positions: pl.DataFrame | pl.LazyFrame, market: pl.DataFrame | pl
     frame = frame.with_columns(grade.alias("grade"), action.alias("action"), reasons.alias("reasons"))
     if previous is not None:
         frame = frame.join(previous.lazy().select("position_id", pl.col("action").alias("previous_action")),
-                           on="position_id", how="left")
+                           on="position_id", how="left", maintain_order="left")
     else:
         frame = frame.with_columns(pl.lit(None, dtype=pl.String).alias("previous_action"))
     # An alert only when the action worsens (a first non-ok action counts): no repeated alarms.

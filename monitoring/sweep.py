@@ -185,7 +185,7 @@ def _lock_is_dead(row, now: datetime) -> bool:
 def stale_spus(positions: pl.DataFrame, market: pl.DataFrame, as_of: date, config: dict) -> list[str]:
     days = config["market"]["stale_days"]
     last = market.filter(pl.col("date") <= as_of).group_by("spu_id").agg(pl.col("date").max())
-    book = positions.select("spu_id").unique().join(last, on="spu_id", how="left")
+    book = positions.select("spu_id").unique().join(last, on="spu_id", how="left", maintain_order="left")
     return book.filter(pl.col("date").is_null() | ((pl.lit(as_of) - pl.col("date")).dt.total_days() > days))[
         "spu_id"].sort().to_list()
 

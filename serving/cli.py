@@ -221,7 +221,7 @@ def index_search(
         query = SpuEmbedder(encoder).query(title, [image] if image else [])
     except (IndexMismatchError, FileNotFoundError, ImageError, ValueError) as exc:
         _fail(str(exc))
-    hits = spu_index.search(query, k)[0].join(spu_index.meta.select("spu_id", "title"), on="spu_id", how="left")
+    hits = spu_index.search(query, k)[0].join(spu_index.meta.select("spu_id", "title"), on="spu_id", how="left", maintain_order="left")
     table = Table(title=f"top {k} for {title or image}")
     for column in ("spu_id", "score", "title"):
         table.add_column(column)
@@ -349,7 +349,7 @@ def sweep(
         _fail(str(exc))
     sweep_row = monitor.get_sweep(outcome.sweep_id)
     results = monitor.results(outcome.sweep_id).join(
-        store.read("positions").select("position_id", "loan_amount"), on="position_id", how="left")
+        store.read("positions").select("position_id", "loan_amount"), on="position_id", how="left", maintain_order="left")
     market = store.read("market", store.table("market").c.date <= outcome.as_of)
     path = write_report(reports, sweep_row, results, market)
     verb = "swept" if outcome.created else "already swept (nothing changed)"

@@ -149,7 +149,7 @@ class PledgeService:
             raise BentoMLException(f"image_base64: {exc}", error_code=status_of(f"images: {exc}")) from exc
         except ValueError as exc:
             raise BentoMLException(str(exc), error_code=HTTPStatus.UNPROCESSABLE_ENTITY) from exc
-        hits = self.model.index.search(vector, k)[0].join(self.model.side, on="spu_id", how="left")
+        hits = self.model.index.search(vector, k)[0].join(self.model.side, on="spu_id", how="left", maintain_order="left")
         prices = {s: float(np.exp(p)) for s, p in self.model.values.reference.items()}
         return [{**row, "score": round(row["score"], 4), "price": prices.get(row["spu_id"])}
                 for row in _json_rows(hits)]

@@ -115,7 +115,7 @@ class PledgeModel:
             new_rows, new_vectors = self._embed_new([rows[i] for i in new_rows], new_rows, errors)
             for i, content in zip(new_rows, new_vectors.content if new_vectors else []):
                 hits = self.index.search(content[None, :], 10)[0].join(self.side.select("spu_id", "title"),
-                                                                        on="spu_id", how="left")
+                                                                        on="spu_id", how="left", maintain_order="left")
                 matched[i] = best_candidate(rows[i].get("title"), hits)
         return self._answer(rows, errors, new_rows, new_vectors, matched)
 
@@ -171,7 +171,7 @@ class PledgeModel:
             wanted = pl.DataFrame({"row": [r for r, _, _ in catalog_rows], "matched_spu_id": [s for _, s, _ in catalog_rows],
                                    "match_score": [m for _, _, m in catalog_rows]},
                                   schema={"row": pl.UInt32, "matched_spu_id": pl.String, "match_score": pl.Float64})
-            parts.append(wanted.join(self.catalog_values(), left_on="matched_spu_id", right_on="spu_id", how="left"))
+            parts.append(wanted.join(self.catalog_values(), left_on="matched_spu_id", right_on="spu_id", how="left", maintain_order="left"))
         if new_ids:
             vectors = new_vectors.take([rows[i]["spu_id"] for i in new_ids])
             valued = self._value(vectors, [rows[i].get("title") or "" for i in new_ids], known=False)
@@ -187,7 +187,7 @@ class PledgeModel:
             pl.col("matched_spu_id").is_not_null().alias("matched"))
         priced = self._admission.apply(self._haircut.apply(priced))
         priced = priced.with_columns((pl.col("pledge_unit_price") * pl.col("quantity")).alias("pledge_value"))
-        return (out.lazy().with_row_index("row").join(priced.select("row", *ANSWER_COLUMNS), on="row", how="left")
+        return (out.lazy().with_row_index("row").join(priced.select("row", *ANSWER_COLUMNS), on="row", how="left", maintain_order="left")
                 .drop("row").select("spu_id", *ANSWER_COLUMNS, "error").collect())
 
     @property
