@@ -21,8 +21,10 @@ $(STAMP): pyproject.toml
 	@$(PY) -c "import data, embeddings, valuation, monitoring, serving, torch, open_clip, faiss, bentoml"
 	@touch $(STAMP)
 
+# Builds the demo catalogue, store and model on first run (a few minutes), then serves on localhost:3000.
 serve: install
 	$(VENV)/bin/pledgeval demo
+	$(VENV)/bin/bentoml serve serving.service:PledgeService --port $${PORT:-3000}
 
 test: install
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q

@@ -145,6 +145,7 @@ def _demo_model_and_prices(folder: Path, store: Store) -> None:
         table.add_row(str(row["decision"]), str(row["n"]), f"{row['loan']:,.0f}", f"{row['value']:,.0f}",
                       f"{row['lendable']:,.0f}", f"{row['loan'] / row['value']:.2f}")
     console.print(table)
+    sweep(as_of=None, db=str(store.url), model=None, reports=Path("var/reports"), config=None)
 
 
 @embed_app.command("train")

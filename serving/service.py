@@ -38,8 +38,20 @@ def _load_model():
     try:
         return PledgeModel.load_from_store(MODEL_TAG)
     except bentoml.exceptions.NotFound:
-        log.warning("no model %s in the BentoML store (%s): building the demo model", MODEL_TAG,
-                    os.environ.get("BENTOML_HOME", "~/bentoml"))
+        where = os.environ.get("BENTOML_HOME", "~/bentoml")
+        if os.environ.get("PLEDGEVAL_BUILD_DEMO", "on") == "off":
+            raise RuntimeError(f"no model {MODEL_TAG} in the BentoML store ({where}); train one with "
+                               "`pledgeval train` or allow the demo build (PLEDGEVAL_BUILD_DEMO=on)") from None
+    from filelock import FileLock
+
+    # Every worker process starts here; one builds the demo model while the others wait, then all load it.
+    DEMO_DIR.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(DEMO_DIR / ".build.lock")):
+        try:
+            return PledgeModel.load_from_store(MODEL_TAG)
+        except bentoml.exceptions.NotFound:
+            pass
+        log.warning("no model %s in the BentoML store (%s): building the demo model", MODEL_TAG, where)
         from serving.cli import train
         from data import generate_demo_catalog
 

@@ -64,3 +64,33 @@ def test_demo_job_builds_and_loads(tmp_path):
     assert "pledged book by borrower" in first.output
     again = runner.invoke(app, args)  # reuses the files, upserts without duplicating
     assert again.exit_code == 0 and again.output.split("pledged book")[0].count("│") > 0
+
+
+@pytest.mark.slow
+def test_train_and_price_commands(small_catalog, tmp_path, monkeypatch):
+    import polars as pl
+
+    folder, tables = small_catalog
+    monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))
+    trained = runner.invoke(app, ["train", "--catalog", str(folder), "--checkpoint", str(tmp_path / "none.pt")])
+    assert trained.exit_code == 2 and "checkpoint not found" in trained.output
+    from embeddings.training import save_tower_checkpoint
+    from embeddings import create_encoder
+    tower = save_tower_checkpoint(create_encoder().model, tmp_path / "tower.pt")
+    trained = runner.invoke(app, ["train", "--catalog", str(folder), "--checkpoint", str(tower),
+                                  "--cache", str(tmp_path / "cache.db")])
+    assert trained.exit_code == 0, trained.output
+    assert "saved BentoML model pledgeval:" in trained.output
+    requests = tmp_path / "requests.csv"
+    known = tables["spus"]["spu_id"][0]
+    requests.write_text(f"spu_id,title,quantity\n{known},,5\nNEW-9,Aurora AA-1 Gold Watch,3\n")
+    out = tmp_path / "answers.parquet"
+    priced = runner.invoke(app, ["price", "--input", str(requests), "--output", str(out)])
+    assert priced.exit_code == 0, priced.output
+    answers = pl.read_parquet(out)
+    assert answers["spu_id"].to_list() == [known, "NEW-9"] and answers["error"].null_count() == 2
+    assert set(answers.columns) >= {"value", "value_low", "value_high", "haircut", "pledge_unit_price", "decision",
+                                    "reasons", "comparables"}
+    requests.write_text("spu_id,quantity\nNOPE,5\n")
+    failed = runner.invoke(app, ["price", "--input", str(requests), "--output", str(out)])
+    assert failed.exit_code == 1 and "unknown spu_id 'NOPE'" in failed.output

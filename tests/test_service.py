@@ -26,18 +26,19 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def server(small_catalog, tmp_path_factory):
     from data import Store, load_table
-    from valuation.model import PledgeModel
 
     folder, tables = small_catalog
     home = tmp_path_factory.mktemp("bentoml")
     db = f"sqlite:///{tmp_path_factory.mktemp('db')}/service.db"
     env = {**os.environ, "BENTOML_HOME": str(home), "PLEDGEVAL_API_KEY": KEY, "PLEDGEVAL_SCHEDULE": "off",
-           "PLEDGEVAL_DB_URL": db, "HF_HUB_OFFLINE": "1", "BENTOML_DO_NOT_TRACK": "True"}
-    os.environ["BENTOML_HOME"] = str(home)
-    try:
-        PledgeModel.train(tables, log=None).save_to_store()
-    finally:
-        os.environ.pop("BENTOML_HOME")
+           "PLEDGEVAL_DB_URL": db, "HF_HUB_OFFLINE": "1", "BENTOML_DO_NOT_TRACK": "True",
+           "PLEDGEVAL_BUILD_DEMO": "off"}
+    # BentoML fixes its model store at first use in a process, so the model is saved from a child
+    # process that sees only the test's BENTOML_HOME.
+    save = ("import sys; from data import load_catalog; from valuation.model import PledgeModel; "
+            "PledgeModel.train(load_catalog(sys.argv[1]), log=None).save_to_store()")
+    subprocess.run([sys.executable, "-c", save, str(folder)], env=env, check=True,
+                   cwd=Path(__file__).resolve().parents[1])
     store = Store(db)
     for name in ("spus", "orders", "market", "positions"):
         store.upsert(name, load_table(folder / f"{name}.parquet", name).table)

@@ -178,8 +178,9 @@ class PledgeModel:
             parts.append(valued.drop("spu_id").with_columns(
                 pl.Series("row", new_ids, dtype=pl.UInt32), pl.lit(None, dtype=pl.String).alias("matched_spu_id"),
                 pl.Series("match_score", [float(matched[i][1]) for i in new_ids], dtype=pl.Float64)))
-        if not parts:
-            return out
+        if not parts:  # every item failed: same columns, all empty but the errors
+            return out.with_columns(pl.lit(None).alias(c) for c in ANSWER_COLUMNS).select(
+                "spu_id", *ANSWER_COLUMNS, "error")
         priced = pl.concat(parts, how="diagonal_relaxed")
         # one lazy plan, collected once: a one-item request should not pay for a dozen eager steps
         priced = priced.lazy().with_columns(
