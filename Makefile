@@ -9,7 +9,7 @@ SHELL  := /bin/bash
 .SHELLFLAGS := -o pipefail -ec
 QUIET  := { grep -v -e "is ignored: it is neither" || true; }  # this machine's pip config is noisy
 
-.PHONY: install serve demo test bench clean
+.PHONY: install browser serve demo test bench clean
 
 install: $(STAMP)
 
@@ -26,7 +26,14 @@ serve: install
 	$(VENV)/bin/pledgeval demo
 	$(VENV)/bin/bentoml serve serving.service:PledgeService --port $${PORT:-3000}
 
-test: install
+# The desk page's browser test uses Debian's Chromium; installed here when we may (root), else it skips.
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && \
+	    apt-get install -y -q chromium >/dev/null; }; } ; } || \
+	  echo "chromium not installed (needs root: apt-get install chromium); the desk browser test will skip"
+
+test: install browser
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q
 
 clean:

@@ -7,7 +7,6 @@ negative-feedback index on real labelled reviews.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path

@@ -178,7 +178,9 @@ def load_image(image: ImageInput, what: str = "image") -> Image.Image:
         raise
     except FileNotFoundError as exc:
         raise ImageError(f"{what}: file not found: {image}") from exc
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError as exc:
+        raise ImageError(f"{what}: not a readable image (not a format Pillow knows, or corrupt)") from exc
+    except (OSError, Image.DecompressionBombError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{what}: not a readable image ({type(exc).__name__}: {exc})") from exc
 
 

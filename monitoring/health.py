@@ -9,7 +9,7 @@ liquidate) with the reasons behind it. Thresholds come from ``monitor.toml``.
 from __future__ import annotations
 
 import tomllib
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 
 import polars as pl

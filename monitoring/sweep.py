@@ -58,6 +58,11 @@ class Monitor:
         with self.store.engine.connect() as connection:
             return connection.execute(sa.select(sa.func.max(market.c.date))).scalar()
 
+    def latest_sweep_id(self) -> str | None:
+        sweeps = self.store.table("sweeps")
+        with self.store.engine.connect() as connection:
+            return connection.execute(sa.select(sweeps.c.sweep_id).order_by(sweeps.c.as_of.desc()).limit(1)).scalar()
+
     def get_sweep(self, sweep_id: str) -> dict | None:
         sweeps = self.store.table("sweeps")
         with self.store.engine.connect() as connection:

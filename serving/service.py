@@ -15,20 +15,24 @@ from datetime import date, datetime
 from http import HTTPStatus
 from pathlib import Path
 
+import anyio
 import bentoml
 import numpy as np
 import polars as pl
 from bentoml.exceptions import BentoMLException
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from serving.auth import ApiKeyMiddleware, api_key, bind_host
 from serving.schemas import MAX_BATCH, PriceItem, SpuQuery, status_of
 
 log = logging.getLogger("pledgeval")
 MODEL_TAG = os.environ.get("PLEDGEVAL_MODEL", "pledgeval:latest")
+WORST_SHOWN = 10
+INLINE_BATCH = 16  # known-SPU requests up to this size are answered on the event loop
 DEMO_DIR = Path(os.environ.get("PLEDGEVAL_DEMO_DIR", "var/demo"))
 
 
@@ -75,6 +79,15 @@ def _sweep_status(request: Request) -> JSONResponse:
     return JSONResponse(SERVICE_STATE["service"].sweep_status(request.path_params["sweep_id"]))
 
 
+def _sweep_report(request: Request) -> HTMLResponse:
+    return HTMLResponse(SERVICE_STATE["service"].sweep_report(request.path_params["sweep_id"]))
+
+
+def _catalog_image(request: Request) -> Response:
+    return Response(SERVICE_STATE["service"].catalog_thumbnail(request.path_params["spu_id"]),
+                    media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+
 async def _http_errors(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, BentoMLException):
         return JSONResponse({"error": exc.message}, status_code=int(exc.error_code))
@@ -84,7 +97,11 @@ async def _http_errors(request: Request, exc: Exception) -> JSONResponse:
 SERVICE_STATE: dict = {}
 positions_app = Starlette(routes=[Route("/{position_id}/health", _position_health)],
                           exception_handlers={BentoMLException: _http_errors})
-sweeps_app = Starlette(routes=[Route("/{sweep_id}", _sweep_status)], exception_handlers={BentoMLException: _http_errors})
+sweeps_app = Starlette(routes=[Route("/{sweep_id}", _sweep_status), Route("/{sweep_id}/report", _sweep_report)],
+                       exception_handlers={BentoMLException: _http_errors})
+catalog_app = Starlette(routes=[Route("/{spu_id}/image", _catalog_image)], exception_handlers={BentoMLException: _http_errors})
+# The desk page: static HTML/CSS/JS that calls the routes above with the key the officer enters.
+desk_app = Starlette(routes=[Mount("/", StaticFiles(directory=Path(__file__).with_name("desk"), html=True))])
 
 
 # Two worker processes: the GIL would otherwise hold one process to one of the two cores.
@@ -92,6 +109,8 @@ sweeps_app = Starlette(routes=[Route("/{sweep_id}", _sweep_status)], exception_h
                  workers=int(os.environ.get("PLEDGEVAL_WORKERS", "2")))
 @bentoml.asgi_app(positions_app, path="/positions")
 @bentoml.asgi_app(sweeps_app, path="/sweeps")
+@bentoml.asgi_app(catalog_app, path="/catalog")
+@bentoml.asgi_app(desk_app, path="/desk")
 class PledgeService:
     def __init__(self) -> None:
         from data import Store
@@ -108,7 +127,7 @@ class PledgeService:
         self.monitor = Monitor(self.store, self.monitor_config, self._model_values)
         self.sweeps_running: dict[str, str] = {}
         self.sweep_errors: dict[str, str] = {}
-        self.known = set(self.model.catalog.spu_ids)
+        self.known = self.model.known_spu_ids
         SERVICE_STATE["service"] = self
         if os.environ.get("PLEDGEVAL_SCHEDULE", "on") != "off":
             threading.Thread(target=self._scheduler, name="sweep-scheduler", daemon=True).start()
@@ -125,10 +144,18 @@ class PledgeService:
 
     # -- pricing ------------------------------------------------------------------------------
     @bentoml.api(route="/price")
-    def price(self, items: list[PriceItem]) -> list[dict]:
+    async def price(self, items: list[PriceItem]) -> list[dict]:
         """Value, interval, haircut parts, pledge price, decision, reasons and comparables per item.
         A bad item is answered with its error; if every item is bad, the status says why."""
-        return self._price(items)
+        return await self._priced(items)
+
+    async def _priced(self, items: list[PriceItem]) -> list[dict]:
+        # A known SPU's valuation is cached: answering it on the event loop (about a millisecond) is
+        # cheaper than the hop to a worker thread. Anything to embed goes to a thread, so it never
+        # holds up the loop.
+        if len(items) <= INLINE_BATCH and all(item.spu_id in self.known and not item.image_base64 for item in items):
+            return self._price(items)
+        return await anyio.to_thread.run_sync(self._price, items)
 
     def _price(self, items: list[PriceItem]) -> list[dict]:
         if not items:
@@ -140,13 +167,16 @@ class PledgeService:
         errors = [a["error"] for a in answers if a["error"]]
         if len(errors) == len(answers):
             raise BentoMLException("; ".join(errors), error_code=status_of(errors[0]))
+        for answer in answers:  # a catalogue image is served by URL, never by its path on this machine
+            for comparable in answer["comparables"] or []:
+                comparable["image_url"] = f"/catalog/{comparable['spu_id']}/image" if comparable.pop("image") else None
         return answers
 
     @bentoml.api(route="/admit")
-    def admit(self, items: list[PriceItem]) -> list[dict]:
+    async def admit(self, items: list[PriceItem]) -> list[dict]:
         """Admission only: accept / review / reject with reasons and the pledge price behind it."""
         keep = ("spu_id", "decision", "reasons", "pledge_unit_price", "haircut", "matched_spu_id", "error")
-        return [{k: a[k] for k in keep} for a in self._price(items)]
+        return [{k: a[k] for k in keep} for a in await self._priced(items)]
 
     @bentoml.api(route="/similar")
     def similar(self, query: SpuQuery, k: int = 5) -> list[dict]:
@@ -199,14 +229,65 @@ class PledgeService:
             self.sweeps_running.pop(sweep_id, None)
 
     def sweep_status(self, sweep_id: str) -> dict:
+        """A sweep's totals and its worst positions; ``latest`` is the most recent completed sweep."""
+        sweep_id = self._resolve_sweep(sweep_id)
         stored = self.monitor.get_sweep(sweep_id)
         if stored is not None:
-            return json.loads(json.dumps(stored, default=str))
+            worst = self.monitor.results(sweep_id).sort("health").head(WORST_SHOWN).select(
+                "position_id", "spu_id", "unit_value", "ltv", "health", "grade", "action", "reasons")
+            return {**json.loads(json.dumps(stored, default=str)), "worst": _json_rows(worst),
+                    "report_url": f"/sweeps/{sweep_id}/report"}
         if sweep_id in self.sweeps_running:
             return {"sweep_id": sweep_id, "status": "running", "since": self.sweeps_running[sweep_id]}
         if sweep_id in self.sweep_errors:
             return {"sweep_id": sweep_id, "status": "failed", "error": self.sweep_errors[sweep_id]}
         raise BentoMLException(f"unknown sweep_id '{sweep_id}'", error_code=HTTPStatus.NOT_FOUND)
+
+    def _resolve_sweep(self, sweep_id: str) -> str:
+        if sweep_id != "latest":
+            return sweep_id
+        latest = self.monitor.latest_sweep_id()
+        if latest is None:
+            raise BentoMLException("no sweep has completed yet: POST /sweep", error_code=HTTPStatus.NOT_FOUND)
+        return latest
+
+    def sweep_report(self, sweep_id: str) -> str:
+        from monitoring.report import render_report
+
+        sweep_id = self._resolve_sweep(sweep_id)
+        stored = self.monitor.get_sweep(sweep_id)
+        if stored is None:
+            raise BentoMLException(f"unknown sweep_id '{sweep_id}'", error_code=HTTPStatus.NOT_FOUND)
+        as_of = stored["as_of"]
+        results = self.monitor.results(sweep_id).join(
+            self.store.read("positions").select("position_id", "loan_amount"), on="position_id", how="left",
+            maintain_order="left")
+        market = self.store.read("market", self.store.table("market").c.date <= as_of)
+        return render_report(stored, results, market)
+
+    def catalog_thumbnail(self, spu_id: str) -> bytes:
+        """A small JPEG of a known SPU's first image, for comparables on the desk page."""
+        import io
+
+        from PIL import Image
+
+        from embeddings import ImageError, load_image
+
+        rows = self.model.side.filter(pl.col("spu_id") == spu_id)
+        if rows.height == 0:
+            raise BentoMLException(f"unknown spu_id '{spu_id}'", error_code=HTTPStatus.NOT_FOUND)
+        path = rows["image"][0]
+        if not path:
+            raise BentoMLException(f"spu_id '{spu_id}' has no image in the catalogue", error_code=HTTPStatus.NOT_FOUND)
+        try:
+            image = load_image(path, "image")
+        except (ImageError, OSError) as exc:
+            raise BentoMLException(f"spu_id '{spu_id}': catalogue image unavailable ({exc})",
+                                   error_code=HTTPStatus.NOT_FOUND) from exc
+        image.thumbnail((128, 128), Image.Resampling.LANCZOS)
+        buffer = io.BytesIO()
+        image.convert("RGB").save(buffer, format="JPEG", quality=85)
+        return buffer.getvalue()
 
     def position_health(self, position_id: str) -> dict:
         history, alerts = self.monitor.position_history(position_id)
@@ -218,9 +299,12 @@ class PledgeService:
                                    error_code=HTTPStatus.CONFLICT)
         history = history.with_columns(pl.col("reasons").str.json_decode(pl.List(pl.String)))
         latest = _json_rows(history.tail(1))[0]
+        market_table = self.store.table("market")
+        market = self.store.read("market", market_table.c.spu_id == latest["spu_id"]).sort("date")
         return {"position_id": position_id, "latest": latest,
                 "history": _json_rows(history.select("as_of", "unit_value", "ltv", "health", "grade", "action")),
-                "alerts": _json_rows(alerts) if alerts.height else []}
+                "alerts": _json_rows(alerts) if alerts.height else [],
+                "market": _json_rows(market.select("date", "price", "units_sold"))}
 
     def _model_values(self, spu_ids: list[str]) -> pl.DataFrame:
         answers = self.model.price([{"spu_id": s} for s in spu_ids if s in self.known])

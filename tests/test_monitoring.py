@@ -1,9 +1,8 @@
-import json
 import os
 import signal
 import subprocess
 import sys
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 
 import polars as pl
 import pytest

@@ -2,73 +2,12 @@
 
 import base64
 import io
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
-import pytest
 from PIL import Image
 
-KEY = "test-key"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(small_catalog, tmp_path_factory):
-    from data import Store, load_table
-
-    folder, tables = small_catalog
-    home = tmp_path_factory.mktemp("bentoml")
-    db = f"sqlite:///{tmp_path_factory.mktemp('db')}/service.db"
-    env = {**os.environ, "BENTOML_HOME": str(home), "PLEDGEVAL_API_KEY": KEY, "PLEDGEVAL_SCHEDULE": "off",
-           "PLEDGEVAL_DB_URL": db, "HF_HUB_OFFLINE": "1", "BENTOML_DO_NOT_TRACK": "True",
-           "PLEDGEVAL_BUILD_DEMO": "off"}
-    # BentoML fixes its model store at first use in a process, so the model is saved from a child
-    # process that sees only the test's BENTOML_HOME.
-    save = ("import sys; from data import load_catalog; from valuation.model import PledgeModel; "
-            "PledgeModel.train(load_catalog(sys.argv[1]), log=None).save_to_store()")
-    subprocess.run([sys.executable, "-c", save, str(folder)], env=env, check=True,
-                   cwd=Path(__file__).resolve().parents[1])
-    store = Store(db)
-    for name in ("spus", "orders", "market", "positions"):
-        store.upsert(name, load_table(folder / f"{name}.parquet", name).table)
-    store.close()
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "serving.service:PledgeService",
-                                "--port", str(port)], env=env, cwd=Path(__file__).resolve().parents[1],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if process.poll() is not None:
-            pytest.fail(f"server exited: {process.stdout.read().decode()[-3000:]}")
-        time.sleep(0.5)
-    else:
-        os.killpg(process.pid, signal.SIGTERM)
-        pytest.fail("server did not become ready")
-    client = httpx.Client(base_url=base, headers={"X-API-Key": KEY}, timeout=60)
-    yield client, tables
-    client.close()
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+KEY = "test-key"  # conftest.SERVICE_KEY: the key the server fixture starts the service with
 
 
 def png(width=32, height=32, mode="RGB") -> str:
@@ -163,3 +102,16 @@ def test_similar_admit_sweep_and_health(server):
     assert client.get("/positions/NOPE/health").status_code == 404
     assert client.get("/sweeps/sweep-1999-01-01").status_code == 404
     assert client.get("/metrics").status_code == 200
+
+
+def test_desk_page_is_open_but_its_data_needs_the_key(server):
+    client, tables = server
+    page = httpx.get(f"{client.base_url}/desk/", timeout=10)
+    assert page.status_code == 200 and "Pledge desk" in page.text
+    assert httpx.get(f"{client.base_url}/catalog/{tables['spus']['spu_id'][0]}/image", timeout=10).status_code == 401
+    with_image = tables["spus"].filter(tables["spus"]["images"].list.len() > 0)["spu_id"][0]
+    thumb = client.get(f"/catalog/{with_image}/image")
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+    assert max(Image.open(io.BytesIO(thumb.content)).size) <= 128
+    missing = client.get("/catalog/NO-SUCH-SPU/image")
+    assert missing.status_code == 404 and "NO-SUCH-SPU" in missing.text

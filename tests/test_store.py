@@ -3,7 +3,7 @@ import pytest
 import sqlalchemy as sa
 from polars.testing import assert_frame_equal
 
-from data import Store, generate_demo_catalog
+from data import generate_demo_catalog
 
 
 @pytest.fixture(scope="module")

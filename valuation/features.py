@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import polars as pl
 
 from embeddings import SpuIndex, SpuVectors
 from embeddings.features import ORDER_FEATURES

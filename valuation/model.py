@@ -100,7 +100,7 @@ class PledgeModel:
         rows = requests.to_dicts() if isinstance(requests, pl.DataFrame) else [dict(r) for r in requests]
         if len(rows) > MAX_BATCH:
             raise PricingError("requests", f"{len(rows)} items; at most {MAX_BATCH} per call")
-        known = set(self.catalog.spu_ids)
+        known = self.known_spu_ids
         errors: list[str | None] = [None] * len(rows)
         new_rows, new_vectors = [], []
         for i, row in enumerate(rows):
@@ -198,6 +198,12 @@ class PledgeModel:
     @property
     def _admission(self) -> AdmissionPolicy:
         return AdmissionPolicy(self.policy)
+
+    @property
+    def known_spu_ids(self) -> frozenset[str]:
+        if getattr(self, "_known", None) is None:
+            self._known = frozenset(self.catalog.spu_ids)
+        return self._known
 
     def catalog_values(self) -> pl.DataFrame:
         """Every known SPU valued once (value, interval, comparables, history signals) and kept: a request

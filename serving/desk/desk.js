@@ -1,0 +1,289 @@
+// The desk page: a pledge-price form and the book of the latest sweep, over the service's JSON API.
+// The API key lives in sessionStorage only: gone when the tab closes, never in the URL.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const KEY = "pledgeval.apiKey";
+const MAX_PHOTO_BYTES = 8 * 1024 * 1024;  // the service's per-image limit
+const money = new Intl.NumberFormat(undefined, { maximumFractionDigits: 2, minimumFractionDigits: 2 });
+const pct = (x) => `${(100 * x).toFixed(1)}%`;
+let photoBase64 = null;
+
+function headers() {
+  const key = sessionStorage.getItem(KEY);
+  return key ? { "X-API-Key": key } : {};
+}
+
+// Every API failure becomes a sentence for the officer, never a blank panel.
+async function api(path, options = {}) {
+  let response;
+  try {
+    response = await fetch(path, { ...options, headers: { ...headers(), ...(options.headers || {}) } });
+  } catch (err) {
+    throw new Error(`The pricing service cannot be reached (${err.message}).`);
+  }
+  const text = await response.text();
+  let body = null;
+  try { body = text ? JSON.parse(text) : null; } catch (_) { body = null; }
+  if (!response.ok) {
+    throw new Error(explain(response.status, body, text));
+  }
+  return body;
+}
+
+function explain(status, body, text) {
+  const first = Array.isArray(body) ? body[0] : body;  // a failed batch answers per item
+  const detail = (first && (first.error || first.detail || first.message)) || text || "";
+  const said = typeof detail === "string" ? detail : JSON.stringify(detail);
+  if (status === 401) return "The API key is missing or wrong: enter the desk's key above.";
+  if (status === 404) return `Not found: ${said}`;
+  if (status === 413) return `Too large: ${said}`;
+  if (status === 400 && /image/i.test(said)) return `The photo could not be used: ${said}`;
+  return `The request was refused (${status}): ${said}`;
+}
+
+function show(el, on) { el.hidden = !on; }
+
+function fail(box, err) {
+  box.textContent = err.message;
+  show(box, true);
+}
+
+// -- the key ---------------------------------------------------------------------------------
+function showKeyState() {
+  $("key-state").textContent = sessionStorage.getItem(KEY) ? "key set for this tab" : "no key";
+}
+$("key-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const key = $("api-key").value.trim();
+  if (key) sessionStorage.setItem(KEY, key); else sessionStorage.removeItem(KEY);
+  $("api-key").value = "";
+  showKeyState();
+});
+
+// -- the photo -------------------------------------------------------------------------------
+function takePhoto(file) {
+  if (!file) return;
+  if (file.size > MAX_PHOTO_BYTES) {
+    fail($("price-error"), new Error(`The photo is ${(file.size / 1048576).toFixed(1)} MB; at most 8 MB.`));
+    return;
+  }
+  const reader = new FileReader();
+  reader.onload = () => {
+    photoBase64 = String(reader.result).split(",", 2)[1] || "";
+    $("preview").src = reader.result;
+    show($("preview"), true);
+    show($("clear-photo"), true);
+  };
+  reader.readAsDataURL(file);
+}
+function clearPhoto() {
+  photoBase64 = null;
+  $("photo").value = "";
+  $("preview").removeAttribute("src");
+  show($("preview"), false);
+  show($("clear-photo"), false);
+}
+$("photo").addEventListener("change", () => takePhoto($("photo").files[0]));
+$("clear-photo").addEventListener("click", clearPhoto);
+$("preview").addEventListener("error", () => show($("preview"), false));  // the browser cannot show it either
+const drop = $("drop");
+["dragenter", "dragover"].forEach((type) => drop.addEventListener(type, (event) => {
+  event.preventDefault();
+  drop.classList.add("over");
+}));
+["dragleave", "drop"].forEach((type) => drop.addEventListener(type, () => drop.classList.remove("over")));
+drop.addEventListener("drop", (event) => {
+  event.preventDefault();
+  takePhoto(event.dataTransfer.files[0]);
+});
+
+// -- pricing ---------------------------------------------------------------------------------
+$("price-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  show($("price-error"), false);
+  show($("price-result"), false);
+  const item = {
+    spu_id: `desk-${Date.now()}`,
+    title: $("title").value.trim(),
+    quantity: Number($("quantity").value),
+    reviews: $("reviews").value.split("\n").map((r) => r.trim()).filter(Boolean),
+  };
+  if (photoBase64) item.image_base64 = photoBase64;
+  $("submit-price").disabled = true;
+  try {
+    const answers = await api("/price", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ items: [item] }),
+    });
+    const answer = answers[0];
+    if (answer.error) throw new Error(explain(400, { error: answer.error }, ""));
+    await renderPrice(answer);
+  } catch (err) {
+    fail($("price-error"), err);
+  } finally {
+    $("submit-price").disabled = false;
+  }
+});
+
+async function renderPrice(a) {
+  $("r-value").textContent = money.format(a.value);
+  $("r-interval").textContent = `90% interval ${money.format(a.value_low)} – ${money.format(a.value_high)}`;
+  $("r-pledge").textContent = money.format(a.pledge_unit_price);
+  $("r-total").textContent = `× ${a.quantity} units = ${money.format(a.pledge_value)} pledge value`;
+  $("r-decision").textContent = a.decision;
+  $("r-decision").className = `big decision-${a.decision}`;
+  const reasons = $("r-reasons");
+  reasons.replaceChildren(...(a.reasons || []).map((r) => li(r)));
+  $("r-haircut").textContent = pct(a.haircut);
+  const parts = $("r-haircut-parts").tBodies[0];
+  parts.replaceChildren(...["haircut_base", "haircut_market", "haircut_liquidity", "haircut_uncertainty"].map(
+    (name) => row([name.replace("haircut_", ""), pct(a[name])])));
+  const box = $("r-comparables");
+  box.replaceChildren();
+  for (const c of a.comparables || []) {
+    const card = document.createElement("div");
+    card.className = "comparable";
+    const img = document.createElement("img");
+    img.alt = c.title || c.spu_id;
+    card.append(img, text("p", c.title || c.spu_id, "title"), text("p", `${money.format(c.price)} · similarity ${c.similarity.toFixed(2)}`, "muted"));
+    box.append(card);
+    if (c.image_url) thumbnail(img, c.image_url); else img.hidden = true;
+  }
+  show($("price-result"), true);
+}
+
+// <img src> cannot carry the key header: fetch the thumbnail and show it from a blob URL.
+async function thumbnail(img, url) {
+  try {
+    const response = await fetch(url, { headers: headers() });
+    if (!response.ok) { img.hidden = true; return; }
+    img.src = URL.createObjectURL(await response.blob());
+  } catch (_) {
+    img.hidden = true;
+  }
+}
+
+// -- the book --------------------------------------------------------------------------------
+async function loadBook() {
+  show($("book-error"), false);
+  show($("detail"), false);
+  try {
+    const sweep = await api("/sweeps/latest");
+    const s = sweep.summary;
+    $("b-asof").textContent = `as of ${sweep.as_of}`;
+    $("b-totals").textContent = `${s.positions} positions · loans ${money.format(s.loan_amount)} · collateral ` +
+      `${money.format(s.collateral_value)} · ${s.alerts} alerts raised`;
+    $("b-grades").replaceChildren(...Object.entries(s.grades).map(([g, n]) => text("span", `${g}: ${n}`, "pill")));
+    $("b-report").onclick = (event) => { event.preventDefault(); openReport(sweep.report_url); };
+    $("b-report").href = sweep.report_url;
+    const body = $("b-worst").tBodies[0];
+    body.replaceChildren(...sweep.worst.map((w) => {
+      const link = document.createElement("a");
+      link.href = `#position/${encodeURIComponent(w.position_id)}`;
+      link.textContent = w.position_id;
+      return row([link, w.spu_id, w.health.toFixed(0), w.grade, w.ltv == null ? "–" : w.ltv.toFixed(2), w.action,
+        (w.reasons || []).join(", ")]);
+    }));
+    show($("book"), true);
+  } catch (err) {
+    show($("book"), false);
+    fail($("book-error"), err);
+  }
+}
+
+// The report needs the key too: fetch it, then open it as a blob in a new tab.
+async function openReport(url) {
+  try {
+    const response = await fetch(url, { headers: headers() });
+    if (!response.ok) throw new Error(explain(response.status, null, await response.text()));
+    window.open(URL.createObjectURL(await response.blob()), "_blank", "noopener");
+  } catch (err) {
+    fail($("book-error"), err);
+  }
+}
+
+async function loadPosition(id) {
+  show($("book-error"), false);
+  try {
+    const h = await api(`/positions/${encodeURIComponent(id)}/health`);
+    const l = h.latest;
+    $("d-id").textContent = id;
+    $("d-latest").textContent = `SPU ${l.spu_id} · health ${l.health.toFixed(0)} (${l.grade}) · LTV ` +
+      `${l.ltv == null ? "–" : l.ltv.toFixed(2)} · ${l.action}`;
+    plot($("d-price"), h.market.map((m) => m.price));
+    plot($("d-sales"), h.market.map((m) => m.units_sold));
+    plot($("d-ltv"), h.history.map((r) => r.ltv));
+    $("d-alerts").replaceChildren(...(h.alerts.length ? h.alerts.map((a) => li(`${a.as_of}: ${a.action} ` +
+      `(was ${a.previous_action || "–"}): ${reasonList(a.reasons)}`)) : [li("none")]));
+    show($("detail"), true);
+  } catch (err) {
+    fail($("book-error"), err);
+  }
+}
+
+function reasonList(reasons) {
+  try { return (typeof reasons === "string" ? JSON.parse(reasons) : reasons).join(", "); } catch (_) { return reasons; }
+}
+
+// A line through the series, scaled to the box; gaps (null) are skipped.
+function plot(svg, values) {
+  const points = values.map((v, i) => [i, v]).filter(([, v]) => v != null && Number.isFinite(v));
+  svg.replaceChildren();
+  if (points.length < 2) {
+    svg.append(svgText(10, 60, points.length ? `${points[0][1].toFixed(2)} (one point)` : "no data"));
+    return;
+  }
+  const ys = points.map(([, v]) => v);
+  const lo = Math.min(...ys), hi = Math.max(...ys), span = hi - lo || 1, n = values.length - 1 || 1;
+  const path = points.map(([i, v]) => `${(10 + 300 * i / n).toFixed(1)},${(110 - 95 * (v - lo) / span).toFixed(1)}`);
+  const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
+  line.setAttribute("points", path.join(" "));
+  svg.append(line, svgText(12, 12, hi.toFixed(2)), svgText(12, 118, lo.toFixed(2)));
+}
+
+function svgText(x, y, content) {
+  const t = document.createElementNS("http://www.w3.org/2000/svg", "text");
+  t.setAttribute("x", x);
+  t.setAttribute("y", y);
+  t.textContent = content;
+  return t;
+}
+
+// -- small DOM helpers -----------------------------------------------------------------------
+function text(tag, content, cls) {
+  const el = document.createElement(tag);
+  el.textContent = content;
+  if (cls) el.className = cls;
+  return el;
+}
+function li(content) { return text("li", content); }
+function row(cells) {
+  const tr = document.createElement("tr");
+  for (const cell of cells) {
+    const td = document.createElement("td");
+    if (cell instanceof Node) td.append(cell); else td.textContent = cell;
+    tr.append(td);
+  }
+  return tr;
+}
+
+// -- views -----------------------------------------------------------------------------------
+function route() {
+  const hash = location.hash.slice(1);
+  const book = hash.startsWith("book") || hash.startsWith("position/");
+  show($("price-view"), !book);
+  show($("book-view"), book);
+  $("nav-price").classList.toggle("active", !book);
+  $("nav-book").classList.toggle("active", book);
+  if (hash.startsWith("position/")) {
+    if ($("book").hidden) loadBook();
+    loadPosition(decodeURIComponent(hash.slice("position/".length)));
+  } else if (book) {
+    loadBook();
+  }
+}
+window.addEventListener("hashchange", route);
+showKeyState();
+route();
