@@ -79,6 +79,33 @@ def online_retail(embedder, path: Path, cutoff: str, until: str):
         (train_targets.height, test_targets.height)
 
 
+def admission(path: Path, cutoff: str, until: str) -> dict:
+    """The whole pledge path on the same split: a model trained on lines before the cutoff prices each
+    test SPU as a desk would send it (new id, title only); how many it decides alone, and how wrong the
+    values are among those it accepts or rejects."""
+    from valuation.model import PledgeModel
+
+    retail = read_online_retail(path, until=cutoff)
+    model = PledgeModel.train({"spus": retail.spus, "orders": retail.orders}, log=None)
+    full = read_online_retail(path)
+    cut, end = datetime.fromisoformat(cutoff), datetime.fromisoformat(until)
+    test = launch_prices(full.orders).filter((pl.col("first_sold") >= cut) & (pl.col("first_sold") <= end))
+    test = test.join(full.spus.select("spu_id", "title"), on="spu_id", how="left", maintain_order="left")
+    answers = model.price([{"spu_id": f"NEW-{s}", "title": t, "quantity": 100}
+                           for s, t in zip(test["spu_id"], test["title"])])
+    frame = answers.with_columns(test["price"].alias("actual"))
+    out = {"n": frame.height}
+    for decision in ("accept", "review", "reject"):
+        part = frame.filter(pl.col("decision") == decision)
+        out[decision] = part.height
+        out[f"{decision}_smape"] = value_metrics(part["actual"], part["value"])["smape"] if part.height else float("nan")
+    auto = frame.filter(pl.col("decision") != "review")
+    out["auto_share"] = auto.height / max(1, frame.height)
+    out["auto_smape"] = value_metrics(auto["actual"], auto["value"])["smape"] if auto.height else float("nan")
+    out["reasons"] = frame["reasons"].explode().drop_nulls().value_counts(sort=True).head(6).rows()
+    return out
+
+
 def demo(embedder, n_spus: int, seed: int, folder: Path):
     from data import generate_demo_catalog, load_catalog
 
@@ -121,6 +148,14 @@ def main() -> None:
                                               args.until)
     print_table(f"Online Retail, new SPUs valued by title: train {n_train} SPUs (< {args.cutoff}), "
                 f"test {n_test} SPUs first sold {args.cutoff}..{args.until}", header, rows_of(retail, "Online Retail"))
+    admitted = admission(args.online_retail or shared("online_retail"), args.cutoff, args.until)
+    print_table("Admission of the same test SPUs (new id, title only, 100 units) by a model trained before the "
+                "cutoff; SMAPE of the value among each decision", ["decision", "SPUs", "share", "SMAPE"],
+                [[d, str(admitted[d]), f"{admitted[d] / admitted['n']:.3f}", f"{admitted[d + '_smape']:.3f}"]
+                 for d in ("accept", "review", "reject")]
+                + [["accept or reject (automatic)", str(admitted["accept"] + admitted["reject"]),
+                    f"{admitted['auto_share']:.3f}", f"{admitted['auto_smape']:.3f}"]])
+    print("most frequent reasons: " + ", ".join(f"{r} {n}" for r, n in admitted["reasons"]))
     if not args.skip_demo:
         checkpoint = args.checkpoint or (Path("var/models/image-tower.pt") if Path("var/models/image-tower.pt").is_file()
                                          else None)
@@ -135,7 +170,8 @@ def main() -> None:
     ours = retail["ours"]
     best = min(m["smape"] for k, m in retail.items() if k != "ours")
     print(f"smape={ours['smape']:.4f} median_ape={ours['median_ape']:.4f} coverage90={ours['coverage90']:.4f} "
-          f"baseline_best_smape={best:.4f} n_test={ours['n']}")
+          f"baseline_best_smape={best:.4f} n_test={ours['n']} auto_share={admitted['auto_share']:.4f} "
+          f"auto_smape={admitted['auto_smape']:.4f}")
 
 
 if __name__ == "__main__":
