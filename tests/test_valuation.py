@@ -67,6 +67,19 @@ def test_admission_reasons_and_decisions():
     assert "illiquid" in out["reasons"][3]
 
 
+
+def test_catalogue_without_categories_is_priced_at_the_default_base():
+    """Online Retail has no categories: an all-null column must not break the category lookups."""
+    policy = load_policy()
+    frame = pl.DataFrame({"category": [None, None], "value": [10.0, 10.0], "value_low": [9.0, 9.0],
+                          "value_high": [11.0, 11.0], "quantity": [10, 10], "daily_volatility": [0.01, 0.01],
+                          "units_per_day": [5.0, 5.0], "negativity": [0.1, 0.1], "matched": [True, True]})
+    assert frame.schema["category"] == pl.Null
+    out = AdmissionPolicy(policy).apply(HaircutPolicy(policy).apply(frame))
+    assert out["haircut_base"].to_list() == [policy["haircut"]["default_base"]] * 2
+    assert out["decision"].to_list() == ["accept", "accept"]
+
+
 def test_metrics():
     m = value_metrics([10, 20], [11, 18], [9, 21], [12, 25])
     assert m["coverage90"] == 0.5 and abs(m["median_ape"] - 0.1) < 1e-9 and m["n"] == 2

@@ -229,7 +229,7 @@ class PledgeModel:
             "daily_volatility": history["volatility"],
             "units_per_day": history["sales_velocity"].exp() - 1,
             "negativity": [None if np.isnan(x) else float(x) for x in vectors.negativity],
-            "category": [categories.get(s) for s in category_of],
+            "category": pl.Series([categories.get(s) for s in category_of], dtype=pl.String),
             "comparables": [self._comparables(ids, sims, prices) for ids, sims, prices in
                             zip(comparables.spu_ids, comparables.similarity, comparables.log_price)],
         })

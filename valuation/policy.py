@@ -31,7 +31,8 @@ class HaircutPolicy:
 
     def apply(self, frame: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame | pl.LazyFrame:
         c = self.config
-        base = pl.col("category").replace_strict(c.get("base", {}), default=c["default_base"],
+        # a catalogue without categories gives an all-null column, whose type would refuse the mapping
+        base = pl.col("category").cast(pl.String).replace_strict(c.get("base", {}), default=c["default_base"],
                                                   return_dtype=pl.Float64)
         vol = pl.col("daily_volatility").fill_null(c["default_daily_volatility"])
         market = c["var_z"] * vol * (c["horizon_days"] ** 0.5)
@@ -68,7 +69,7 @@ class AdmissionPolicy:
         width = (pl.col("value_high") - pl.col("value_low")) / pl.col("value")
         wide = width > c["max_relative_width"]
         checks = {
-            "category_not_financeable": pl.col("category").is_in(c["not_financeable"]).fill_null(False),
+            "category_not_financeable": pl.col("category").cast(pl.String).is_in(c["not_financeable"]).fill_null(False),
             "illiquid": (pl.col("days_to_sell") > c["max_days_to_sell"]).fill_null(False),
             "haircut_at_cap": pl.col("haircut_at_cap") & pl.lit(bool(c["reject_at_haircut_cap"])),
             "novel": (~pl.col("matched") & wide).fill_null(False),
