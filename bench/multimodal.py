@@ -17,6 +17,7 @@ import argparse
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,9 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import print_table, shared  # noqa: E402
 from data import MyntraCatalog, read_myntra  # noqa: E402
-from embeddings import SpuEmbedder, SpuIndex, create_encoder, train_image_tower  # noqa: E402
+from embeddings import SpuEmbedder, SpuIndex, SpuVectors, create_encoder, train_image_tower  # noqa: E402
+from embeddings.features import ORDER_FEATURES  # noqa: E402
+from embeddings.spu import _normalise, fuse  # noqa: E402
 from embeddings.training import retrieval_recall  # noqa: E402
 from valuation.metrics import value_metrics  # noqa: E402
 from valuation.training import ValueModel  # noqa: E402
@@ -48,14 +51,29 @@ def pricing_frame(catalog: MyntraCatalog) -> pl.DataFrame:
             .with_columns(pl.col("text").alias("title")).drop("text"))
 
 
-def price_arm(embedder: SpuEmbedder, spus: pl.DataFrame, prices: pl.DataFrame, train_ids: list[str],
-              test_ids: list[str], use_images: bool) -> tuple[pl.DataFrame, str]:
+def cross_fitted(vectors: SpuVectors, spus: pl.DataFrame, towers: list[SpuEmbedder], fold_of: dict[str, int]) -> SpuVectors:
+    """Image vectors a head may train on honestly: a training product's image is embedded by the tower
+    that did not see it (the towers share the locked text space, so their vectors are comparable); a
+    test product's by the mean of all towers. Content and fused vectors are rebuilt from them."""
+    paths = spus["images"].to_list()
+    rows = [i for i, p in enumerate(paths) if p]
+    by_tower = [t.encode_images([paths[i][0] for i in rows]) for t in towers]
+    image = np.zeros_like(vectors.image)
+    for k, i in enumerate(rows):
+        fold = fold_of.get(vectors.spu_ids[i])
+        image[i] = np.mean([v[k] for v in by_tower], axis=0) if fold is None else by_tower[1 - fold][k]
+    image = _normalise(image)
+    content = _normalise(vectors.title + image)
+    zeros = np.zeros((len(content), len(ORDER_FEATURES)), dtype=np.float32)
+    return replace(vectors, image=image, content=content,
+                   vectors=fuse(content, np.zeros_like(content), zeros))
+
+
+def price_arm(vectors: SpuVectors, spus: pl.DataFrame, prices: pl.DataFrame, train_ids: list[str],
+              test_ids: list[str], dim: int, fingerprint: str) -> tuple[pl.DataFrame, str]:
     """Value per test SPU (value, low, high) from a head fitted on ``train_ids``."""
-    if not use_images:
-        spus = spus.with_columns(pl.lit([], dtype=pl.List(pl.String)).alias("images"))
-    vectors = embedder.embed(spus)
     train_vectors = vectors.take(train_ids)
-    index = SpuIndex(embedder.encoder.dim, embedder.encoder.fingerprint, "flat")
+    index = SpuIndex(dim, fingerprint, "flat")
     index.add(train_ids, train_vectors.content)
     titles = dict(zip(spus["spu_id"].to_list(), spus["title"].to_list()))
     launch = pl.DataFrame({"spu_id": train_ids}).join(prices, on="spu_id", how="left", maintain_order="left")
@@ -75,6 +93,8 @@ def main() -> None:
     parser.add_argument("--config", default="minilm-rn-tiny")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--tower-budget", type=float, default=900.0, help="seconds for image-tower training")
+    parser.add_argument("--cross-fit", action="store_true",
+                        help="price from image vectors of towers that did not train on that product")
     args = parser.parse_args()
     started = time.monotonic()
 
@@ -98,13 +118,30 @@ def main() -> None:
         encoder = create_encoder(args.config, checkpoint=Path(work) / "tower.pt")
         embedder = SpuEmbedder(encoder, cache_path=Path(work) / "vectors.db", progress=False)
 
-        image_vectors = embedder.encode_images(display["images"].list.first().to_list())
-        title_vectors = embedder.encode_texts(display["title"].to_list())
-        recall = retrieval_recall(image_vectors, title_vectors, ks=(1, 10))
+        test_images = embedder.encode_images(display["images"].list.first().to_list())
+        test_titles = embedder.encode_texts(display["title"].to_list())
+        recall = retrieval_recall(test_images, test_titles, ks=(1, 10))
         chance10 = min(1.0, 10 / len(test_ids))
 
-        text_only, chosen_text = price_arm(embedder, spus, prices, train_ids, test_ids, use_images=False)
-        with_image, chosen_image = price_arm(embedder, spus, prices, train_ids, test_ids, use_images=True)
+        dim, fingerprint = encoder.dim, encoder.fingerprint
+        text_vectors = embedder.embed(spus.with_columns(pl.lit([], dtype=pl.List(pl.String)).alias("images")))
+        image_vectors = embedder.embed(spus)
+        if args.cross_fit:
+            # two more towers, each on half of the training pairs, for out-of-sample training features
+            rng = np.random.default_rng(args.seed + 1)
+            halves = rng.permutation(tower_pairs.height) % 2
+            fold_of = dict(zip(tower_pairs["spu_id"].to_list(), halves.tolist()))
+            towers = []
+            for fold in (0, 1):
+                pairs = tower_pairs.filter(pl.Series(halves == fold))
+                fold_encoder = create_encoder(args.config)
+                train_image_tower(fold_encoder, pairs["title"].to_list(), pairs["images"].list.first().to_list(),
+                                  epochs=args.epochs, test_share=0.05, seed=args.seed + 1 + fold,
+                                  time_budget_s=args.tower_budget / 2, log=None)
+                towers.append(SpuEmbedder(fold_encoder))
+            image_vectors = cross_fitted(image_vectors, spus, towers, fold_of)
+        text_only, chosen_text = price_arm(text_vectors, spus, prices, train_ids, test_ids, dim, fingerprint)
+        with_image, chosen_image = price_arm(image_vectors, spus, prices, train_ids, test_ids, dim, fingerprint)
 
     truth = pl.DataFrame({"spu_id": test_ids}).join(prices, on="spu_id", how="left", maintain_order="left")
     category = display["category"].fill_null("(none)").to_numpy()
