@@ -9,8 +9,8 @@ from starlette.responses import JSONResponse
 
 from serving.schemas import MAX_BODY_BYTES
 
-OPEN_PATHS = ("/healthz", "/livez", "/readyz")
 # The desk page's static files hold no data (the page asks for the key and sends it on every call).
+OPEN_PATHS = ("/healthz", "/livez", "/readyz", "/desk")
 OPEN_PREFIXES = ("/desk/",)
 
 
@@ -33,7 +33,7 @@ class ApiKeyMiddleware:
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         path = scope.get("path", "")
-        if self.key and path not in OPEN_PATHS and path != "/desk" and not path.startswith(OPEN_PREFIXES):
+        if self.key and path not in OPEN_PATHS and not path.startswith(OPEN_PREFIXES):
             given = headers.get("x-api-key") or headers.get("authorization", "").removeprefix("Bearer ").strip()
             if not hmac.compare_digest(given.encode(), self.key.encode()):
                 return await JSONResponse({"error": "missing or wrong API key (send X-API-Key)"},

@@ -127,7 +127,6 @@ class PledgeService:
         self.monitor = Monitor(self.store, self.monitor_config, self._model_values)
         self.sweeps_running: dict[str, str] = {}
         self.sweep_errors: dict[str, str] = {}
-        self.known = self.model.known_spu_ids
         SERVICE_STATE["service"] = self
         if os.environ.get("PLEDGEVAL_SCHEDULE", "on") != "off":
             threading.Thread(target=self._scheduler, name="sweep-scheduler", daemon=True).start()
@@ -153,7 +152,7 @@ class PledgeService:
         # A known SPU's valuation is cached: answering it on the event loop (a few milliseconds) is
         # cheaper than the hop to a worker thread. Anything to embed goes to a thread, so it never
         # holds up the loop.
-        if len(items) <= INLINE_BATCH and all(item.spu_id in self.known and not item.image_base64 for item in items):
+        if len(items) <= INLINE_BATCH and all(item.spu_id in self.model.known_spu_ids and not item.image_base64 for item in items):
             return self._price(items)
         return await anyio.to_thread.run_sync(self._price, items)
 
@@ -259,11 +258,8 @@ class PledgeService:
         if stored is None:
             raise BentoMLException(f"unknown sweep_id '{sweep_id}'", error_code=HTTPStatus.NOT_FOUND)
         as_of = stored["as_of"]
-        results = self.monitor.results(sweep_id).join(
-            self.store.read("positions").select("position_id", "loan_amount"), on="position_id", how="left",
-            maintain_order="left")
         market = self.store.read("market", self.store.table("market").c.date <= as_of)
-        return render_report(stored, results, market)
+        return render_report(stored, self.monitor.results(sweep_id), market)
 
     def catalog_thumbnail(self, spu_id: str) -> bytes:
         """A small JPEG of a known SPU's first image, for comparables on the desk page."""
@@ -307,7 +303,7 @@ class PledgeService:
                 "market": _json_rows(market.select("date", "price", "units_sold"))}
 
     def _model_values(self, spu_ids: list[str]) -> pl.DataFrame:
-        answers = self.model.price([{"spu_id": s} for s in spu_ids if s in self.known])
+        answers = self.model.price([{"spu_id": s} for s in spu_ids if s in self.model.known_spu_ids])
         if answers.height == 0:
             return pl.DataFrame(schema={"spu_id": pl.String, "value": pl.Float64, "value_low": pl.Float64,
                                         "value_high": pl.Float64})
