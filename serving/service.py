@@ -149,7 +149,7 @@ class PledgeService:
         return await self._priced(items)
 
     async def _priced(self, items: list[PriceItem]) -> list[dict]:
-        # A known SPU's valuation is cached: answering it on the event loop (a few milliseconds) is
+        # A known SPU's valuation is cached: answering it on the event loop (about a millisecond) is
         # cheaper than the hop to a worker thread. Anything to embed goes to a thread, so it never
         # holds up the loop.
         if len(items) <= INLINE_BATCH and all(item.spu_id in self.model.known_spu_ids and not item.image_base64 for item in items):

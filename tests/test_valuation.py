@@ -127,6 +127,20 @@ def test_bad_items_fail_alone_with_the_field_named(pledge_model):
         model.price([{"spu_id": good}] * 1001)
 
 
+def test_a_mixed_batch_answers_each_item_as_if_asked_alone(pledge_model):
+    """Known, new and bad items are priced on separate paths; the answers come back in request order."""
+    model, tables = pledge_model
+    a, b = tables["orders"]["spu_id"][0], tables["spus"]["spu_id"][5]
+    items = [{"spu_id": "NEW-2", "title": "Kestrel QZ-100 Leather Watch", "quantity": 4},
+             {"spu_id": b, "quantity": 50_000}, {"spu_id": "nope"}, {"spu_id": a, "quantity": 2}]
+    keys = ("value", "haircut", "pledge_value", "decision", "reasons", "error")
+    alone = [{k: model.price([item]).row(0, named=True)[k] for k in keys} for item in items]
+    for picked in ([0, 1, 2, 3], [0, 1, 3]):  # with a failed item, and all priced
+        batch = model.price([items[i] for i in picked])
+        assert batch["spu_id"].to_list() == [items[i]["spu_id"] for i in picked]
+        assert [{k: row[k] for k in keys} for row in batch.iter_rows(named=True)] == [alone[i] for i in picked]
+
+
 def test_deterministic_under_seed(small_catalog):
     _, tables = small_catalog
     a = PledgeModel.train(tables, log=None).price([{"spu_id": "N", "title": "Aurora AA-1 Gold Watch"}])

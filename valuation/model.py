@@ -165,31 +165,33 @@ class PledgeModel:
                 catalog_rows.append((i, matched[i][0], matched[i][1]))
             else:
                 new_ids.append(i)
-        out = pl.DataFrame({"spu_id": [r["spu_id"] for r in rows], "error": errors})
         parts = []
         if catalog_rows:
-            wanted = pl.DataFrame({"row": [r for r, _, _ in catalog_rows], "matched_spu_id": [s for _, s, _ in catalog_rows],
-                                   "match_score": [m for _, _, m in catalog_rows]},
-                                  schema={"row": pl.UInt32, "matched_spu_id": pl.String, "match_score": pl.Float64})
-            parts.append(wanted.join(self.catalog_values(), left_on="matched_spu_id", right_on="spu_id", how="left", maintain_order="left"))
+            at = [self._catalog_row[s] for _, s, _ in catalog_rows]
+            parts.append(self.catalog_values()[at].hstack([
+                pl.Series("row", [r for r, _, _ in catalog_rows], dtype=pl.UInt32),
+                pl.Series("matched_spu_id", [s for _, s, _ in catalog_rows], dtype=pl.String),
+                pl.Series("match_score", [m for _, _, m in catalog_rows], dtype=pl.Float64)]))
         if new_ids:
             vectors = new_vectors.take([rows[i]["spu_id"] for i in new_ids])
             valued = self._value(vectors, [rows[i].get("title") or "" for i in new_ids], known=False)
-            parts.append(valued.drop("spu_id").with_columns(
+            parts.append(valued.with_columns(
                 pl.Series("row", new_ids, dtype=pl.UInt32), pl.lit(None, dtype=pl.String).alias("matched_spu_id"),
                 pl.Series("match_score", [float(matched[i][1]) for i in new_ids], dtype=pl.Float64)))
+        answered = pl.DataFrame({"row": range(len(rows)), "spu_id": [r["spu_id"] for r in rows], "error": errors},
+                                schema={"row": pl.UInt32, "spu_id": pl.String, "error": pl.String})
         if not parts:  # every item failed: same columns, all empty but the errors
-            return out.with_columns(pl.lit(None).alias(c) for c in ANSWER_COLUMNS).select(
+            return answered.with_columns(pl.lit(None).alias(c) for c in ANSWER_COLUMNS).select(
                 "spu_id", *ANSWER_COLUMNS, "error")
-        priced = pl.concat(parts, how="diagonal_relaxed")
-        # one lazy plan, collected once: a one-item request should not pay for a dozen eager steps
-        priced = priced.lazy().with_columns(
-            pl.Series("quantity", [int(rows[r].get("quantity") or 1) for r in priced["row"]], dtype=pl.Int64),
-            pl.col("matched_spu_id").is_not_null().alias("matched"))
+        priced = parts[0] if len(parts) == 1 else pl.concat(parts, how="diagonal_relaxed").sort("row")
+        quantity = np.array([int(rows[r].get("quantity") or 1) for r in priced["row"].to_list()], dtype=np.int64)
+        priced = priced.hstack([pl.Series("quantity", quantity), priced["matched_spu_id"].is_not_null().alias("matched")])
         priced = self._admission.apply(self._haircut.apply(priced))
-        priced = priced.with_columns((pl.col("pledge_unit_price") * pl.col("quantity")).alias("pledge_value"))
-        return (out.lazy().with_row_index("row").join(priced.select("row", *ANSWER_COLUMNS), on="row", how="left", maintain_order="left")
-                .drop("row").select("spu_id", *ANSWER_COLUMNS, "error").collect())
+        priced = priced.hstack([pl.Series("pledge_value", priced["pledge_unit_price"].to_numpy() * quantity)])
+        if priced.height == len(rows):  # the common case: every item priced, already in request order
+            return priced.select(ANSWER_COLUMNS).insert_column(0, answered["spu_id"]).hstack([answered["error"]])
+        return (answered.join(priced.select("row", *ANSWER_COLUMNS), on="row", how="left", maintain_order="left")
+                .select("spu_id", *ANSWER_COLUMNS, "error"))
 
     @property
     def _haircut(self) -> HaircutPolicy:
@@ -204,6 +206,13 @@ class PledgeModel:
         if getattr(self, "_known", None) is None:
             self._known = frozenset(self.catalog.spu_ids)
         return self._known
+
+    @property
+    def _catalog_row(self) -> dict[str, int]:
+        """A known SPU's row in ``catalog_values()`` (which follows the catalogue's order)."""
+        if getattr(self, "_rows", None) is None:
+            self._rows = {s: i for i, s in enumerate(self.catalog.spu_ids)}
+        return self._rows
 
     def catalog_values(self) -> pl.DataFrame:
         """Every known SPU valued once (value, interval, comparables, history signals) and kept: a request

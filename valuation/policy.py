@@ -1,7 +1,9 @@
 """Haircut and admission: from a value with its interval to a pledge price and a decision, with reasons.
 
-``HaircutPolicy`` and ``AdmissionPolicy`` take their parameters from ``policy.toml`` (or a dict) and
-work on whole frames with polars expressions, one row per priced SPU.
+``HaircutPolicy`` and ``AdmissionPolicy`` take their parameters from ``policy.toml`` (or a dict) and add
+columns to a frame with one row per priced SPU. They compute on the columns as numpy arrays: a desk's
+one-SPU request is the common case, and a few dozen numpy operations on one row cost microseconds where
+a polars plan of the same expressions costs about two milliseconds; on a 1,000-row batch both are fast.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 DEFAULT_POLICY = Path(__file__).with_name("policy.toml")
@@ -20,8 +23,18 @@ def load_policy(path: str | Path | None = None) -> dict:
         return tomllib.load(handle)
 
 
+def _floats(frame: pl.DataFrame, name: str) -> np.ndarray:
+    """A column as float64 with NaN for null (unknown)."""
+    return frame[name].cast(pl.Float64).to_numpy()
+
+
+def _categories(frame: pl.DataFrame) -> list[str | None]:
+    # a catalogue without categories gives an all-null column (dtype Null): still a list of None
+    return frame["category"].cast(pl.String).to_list()
+
+
 class HaircutPolicy:
-    """Adds the haircut parts, the haircut and the pledge unit price.
+    """Adds the haircut parts, the haircut, days_to_sell, the pledge unit price and haircut_at_cap.
 
     Needs columns: category, value, value_low, quantity, daily_volatility (null if unknown),
     units_per_day (null if unknown)."""
@@ -29,62 +42,64 @@ class HaircutPolicy:
     def __init__(self, policy: dict | None = None):
         self.config = (policy or load_policy())["haircut"]
 
-    def apply(self, frame: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame | pl.LazyFrame:
+    def apply(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """``frame`` plus the new columns (it must not have them yet)."""
         c = self.config
-        # a catalogue without categories gives an all-null column, whose type would refuse the mapping
-        base = pl.col("category").cast(pl.String).replace_strict(c.get("base", {}), default=c["default_base"],
-                                                  return_dtype=pl.Float64)
-        vol = pl.col("daily_volatility").fill_null(c["default_daily_volatility"])
-        market = c["var_z"] * vol * (c["horizon_days"] ** 0.5)
-        days_to_sell = pl.col("quantity") / pl.col("units_per_day")
-        liquidity = (pl.when(pl.col("units_per_day").is_null() | (pl.col("units_per_day") <= 0))
-                     .then(pl.lit(c["unknown_liquidity"]))
-                     .otherwise(((days_to_sell - c["free_sell_days"]).clip(lower_bound=0) / 30
-                                 * c["liquidity_per_30_days"]).clip(upper_bound=c["liquidity_cap"])))
-        uncertainty = c["uncertainty_weight"] * (1 - pl.col("value_low") / pl.col("value")).clip(0, 1)
-        out = frame.with_columns(
-            base.alias("haircut_base"), market.alias("haircut_market"), liquidity.alias("haircut_liquidity"),
-            uncertainty.alias("haircut_uncertainty"),
-            pl.when(pl.col("units_per_day") > 0).then(days_to_sell).alias("days_to_sell"),
-        )
-        total = pl.sum_horizontal(*HAIRCUT_PARTS).clip(c["floor"], c["cap"])
-        return out.with_columns(total.alias("haircut")).with_columns(
-            (pl.col("value") * (1 - pl.col("haircut"))).alias("pledge_unit_price"),
-            (pl.col("haircut") >= c["cap"]).alias("haircut_at_cap"))
+        base = np.array([c.get("base", {}).get(k, c["default_base"]) for k in _categories(frame)], dtype=np.float64)
+        volatility = _floats(frame, "daily_volatility")
+        market = c["var_z"] * np.where(np.isnan(volatility), c["default_daily_volatility"], volatility) \
+            * c["horizon_days"] ** 0.5
+        per_day = _floats(frame, "units_per_day")
+        selling = per_day > 0  # False where unknown (NaN)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            days_to_sell = np.where(selling, _floats(frame, "quantity") / per_day, np.nan)
+        liquidity = np.where(selling, np.minimum(np.maximum(days_to_sell - c["free_sell_days"], 0) / 30
+                                                 * c["liquidity_per_30_days"], c["liquidity_cap"]),
+                             c["unknown_liquidity"])
+        value = _floats(frame, "value")
+        uncertainty = c["uncertainty_weight"] * np.clip(1 - _floats(frame, "value_low") / value, 0, 1)
+        haircut = np.clip(base + market + liquidity + uncertainty, c["floor"], c["cap"])
+        return frame.hstack([
+            pl.Series("haircut_base", base), pl.Series("haircut_market", market),
+            pl.Series("haircut_liquidity", liquidity), pl.Series("haircut_uncertainty", uncertainty),
+            pl.Series("days_to_sell", days_to_sell, nan_to_null=True), pl.Series("haircut", haircut),
+            pl.Series("pledge_unit_price", value * (1 - haircut)), pl.Series("haircut_at_cap", haircut >= c["cap"])])
 
 
 class AdmissionPolicy:
     """accept / review / reject with machine-readable reasons (a list of codes per row).
 
     reject: category_not_financeable, illiquid, haircut_at_cap; review: novel (no same-SPU match and a
-    wide interval), slow_to_sell, volatile, negative_reviews, no_history, wide_interval."""
+    wide interval), slow_to_sell, volatile, negative_reviews, no_history, wide_interval.
+    Needs the haircut columns plus value_high, negativity and matched."""
 
     REJECT = ("category_not_financeable", "illiquid", "haircut_at_cap")
 
     def __init__(self, policy: dict | None = None):
         self.config = (policy or load_policy())["admission"]
 
-    def apply(self, frame: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame | pl.LazyFrame:
+    def apply(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """``frame`` plus reasons and decision (it must not have them yet)."""
         c = self.config
-        width = (pl.col("value_high") - pl.col("value_low")) / pl.col("value")
-        wide = width > c["max_relative_width"]
+        with np.errstate(invalid="ignore"):
+            width = (_floats(frame, "value_high") - _floats(frame, "value_low")) / _floats(frame, "value")
+        wide = width > c["max_relative_width"]  # False where the width is unknown (NaN) ...
+        days_to_sell = _floats(frame, "days_to_sell")
+        volatility, per_day = _floats(frame, "daily_volatility"), _floats(frame, "units_per_day")
         checks = {
-            "category_not_financeable": pl.col("category").cast(pl.String).is_in(c["not_financeable"]).fill_null(False),
-            "illiquid": (pl.col("days_to_sell") > c["max_days_to_sell"]).fill_null(False),
-            "haircut_at_cap": pl.col("haircut_at_cap") & pl.lit(bool(c["reject_at_haircut_cap"])),
-            "novel": (~pl.col("matched") & wide).fill_null(False),
-            "slow_to_sell": pl.col("days_to_sell").is_between(c["review_days_to_sell"], c["max_days_to_sell"],
-                                                             closed="right").fill_null(False),
-            "volatile": (pl.col("daily_volatility") > c["max_daily_volatility"]).fill_null(False),
-            "negative_reviews": (pl.col("negativity") > c["max_negativity"]).fill_null(False),
-            "no_history": pl.col("daily_volatility").is_null() & pl.col("units_per_day").is_null(),
-            "wide_interval": wide.fill_null(True),
+            "category_not_financeable": np.array([k in c["not_financeable"] for k in _categories(frame)], dtype=bool),
+            "illiquid": days_to_sell > c["max_days_to_sell"],
+            "haircut_at_cap": frame["haircut_at_cap"].to_numpy() & bool(c["reject_at_haircut_cap"]),
+            "novel": ~frame["matched"].to_numpy().astype(bool) & wide,
+            "slow_to_sell": (days_to_sell > c["review_days_to_sell"]) & (days_to_sell <= c["max_days_to_sell"]),
+            "volatile": volatility > c["max_daily_volatility"],
+            "negative_reviews": _floats(frame, "negativity") > c["max_negativity"],
+            "no_history": np.isnan(volatility) & np.isnan(per_day),
+            "wide_interval": wide | np.isnan(width),  # ... but an unknown width is never taken as narrow
         }
-        reasons = pl.concat_list([pl.when(expr).then(pl.lit(name)).otherwise(pl.lit(None, dtype=pl.String))
-                                  for name, expr in checks.items()]).list.drop_nulls()
-        out = frame.with_columns(reasons.alias("reasons"))
-        rejected = pl.col("reasons").list.eval(pl.element().is_in(list(self.REJECT))).list.any()
-        return out.with_columns(
-            pl.when(rejected).then(pl.lit("reject"))
-            .when(pl.col("reasons").list.len() > 0).then(pl.lit("review"))
-            .otherwise(pl.lit("accept")).alias("decision"))
+        names, masks = list(checks), np.column_stack(list(checks.values()))
+        reasons = [[names[k] for k in np.flatnonzero(row)] for row in masks]
+        rejected = masks[:, [names.index(r) for r in self.REJECT]].any(axis=1)
+        decision = np.where(rejected, "reject", np.where(masks.any(axis=1), "review", "accept"))
+        return frame.hstack([pl.Series("reasons", reasons, dtype=pl.List(pl.String)),
+                             pl.Series("decision", decision.tolist(), dtype=pl.String)])
