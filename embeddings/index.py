@@ -215,11 +215,28 @@ class SpuIndex:
         if manifest["index_file"]:
             index._index = faiss.read_index(str(folder / manifest["index_file"]))
             index._kind_built = manifest["built_kind"]
-            if index._kind_built == "hnsw":
-                faiss.downcast_index(index._index.index).hnsw.efSearch = index.ef_search
-            elif index._kind_built == "ivfpq":
-                index._index.nprobe = index.nprobe
+            index._set_search_params()
         return index
+
+    def _set_search_params(self) -> None:
+        """Search-time settings a saved FAISS index does not carry."""
+        if self._kind_built == "hnsw":
+            faiss.downcast_index(self._index.index).hnsw.efSearch = self.ef_search
+        elif self._kind_built == "ivfpq":
+            self._index.nprobe = self.nprobe
+
+    # An index inside a pickled model (the value heads' comparables): FAISS objects do not pickle, their
+    # serialised bytes do.
+    def __getstate__(self) -> dict:
+        state = {**self.__dict__, "_lookup": None, "_lookup_for": None}
+        state["_index"] = faiss.serialize_index(self._index) if self._index is not None else None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if self._index is not None:
+            self._index = faiss.deserialize_index(self._index)
+            self._set_search_params()
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

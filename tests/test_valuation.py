@@ -37,6 +37,37 @@ def test_value_head_chooses_by_time_aware_cv():
     assert head.chosen_ == "boosted" and head.cv_mae_["boosted"] < head.cv_mae_["ridge"]
 
 
+def test_comparables_by_image_only_for_spus_with_an_image_and_never_themselves():
+    from embeddings import SpuIndex
+    from valuation.features import find_comparables
+
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(30, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = [f"s{i}" for i in range(30)]
+    index = SpuIndex(8, "fp")
+    index.add(ids, vectors)
+    reference = {s: float(i) for i, s in enumerate(ids) if i % 3}  # every third SPU has no price
+    present = np.arange(30) >= 5                                   # the first five have no image
+    found = find_comparables(index, vectors, reference, exclude_self=ids, k=4, present=present)
+    assert all(len(found.spu_ids[i]) == 0 for i in range(5))
+    assert all(len(found.spu_ids[i]) == 4 and ids[i] not in found.spu_ids[i] for i in range(5, 30))
+    assert all(s in reference for row in found.spu_ids for s in row)
+    features = found.features()
+    assert np.isnan(features[:5]).all() and not np.isnan(features[5:]).any()
+
+
+def test_tree_head_compresses_each_embedding_block_and_drops_a_constant_one():
+    rng = np.random.default_rng(2)
+    title = rng.normal(size=(400, 40))
+    X = np.column_stack([title, np.zeros((400, 40)), rng.normal(size=(400, 2))])  # no SPU has an image
+    y = title[:, 0] + 0.1 * rng.normal(size=400)
+    head = ValueHead(embed_blocks=((40, 8), (40, 4)), candidates=("boosted",)).fit(X, y)
+    assert [n for _, n in head.blocks_] == [8, None]
+    assert head.model_[0].transform(X).shape[1] == 8 + 2
+    assert np.abs(head.predict(X) - y).mean() < 0.5
+
+
 def test_haircut_parts_add_up_and_respect_caps():
     policy = load_policy()
     frame = pl.DataFrame({"category": ["mug", "unknown", "watch"], "value": [10.0, 10.0, 10.0],
@@ -146,6 +177,17 @@ def test_deterministic_under_seed(small_catalog):
     a = PledgeModel.train(tables, log=None).price([{"spu_id": "N", "title": "Aurora AA-1 Gold Watch"}])
     b = PledgeModel.train(tables, log=None).price([{"spu_id": "N", "title": "Aurora AA-1 Gold Watch"}])
     assert a["value"][0] == b["value"][0] and a["value_high"][0] == b["value_high"][0]
+
+
+def test_a_model_of_another_format_is_refused_with_the_way_out(pledge_model, tmp_path):
+    import json
+
+    model, _ = pledge_model
+    folder = model.save(tmp_path / "m")
+    meta = json.loads((folder / "model.json").read_text())
+    (folder / "model.json").write_text(json.dumps({**meta, "format": 1}))
+    with pytest.raises(ValueError, match="format 1.*train it again"):
+        PledgeModel.load(folder)
 
 
 def test_store_round_trip(pledge_model, tmp_path, monkeypatch):

@@ -2,7 +2,7 @@
 
 Two views of an SPU:
 - **cold**: what a new SPU has (title and image vectors, review signals, the prices of its nearest
-  priced comparables in the SPU index); no price history of its own;
+  priced comparables by title and, separately, by image); no price history of its own;
 - **warm**: cold + its own recent order features (price level, volatility, velocity, cancel rate).
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import polars as pl
 
 from embeddings import SpuIndex, SpuVectors
 from embeddings.features import ORDER_FEATURES
@@ -40,12 +41,17 @@ class Comparables:
 
 
 def find_comparables(index: SpuIndex, content: np.ndarray, reference: dict[str, float], *,
-                     exclude_self: list[str] | None = None, k: int = N_COMPARABLES) -> Comparables:
-    """Nearest SPUs that have a reference log price; an SPU is never its own comparable."""
+                     exclude_self: list[str] | None = None, k: int = N_COMPARABLES,
+                     present: np.ndarray | None = None) -> Comparables:
+    """Nearest SPUs that have a reference log price; an SPU is never its own comparable. ``present``:
+    the rows that have this kind of vector; the others get no comparables (a zero vector finds noise)."""
+    rows = np.arange(len(content)) if present is None else np.flatnonzero(present)
     fetch = min(len(index), max(4 * k, 40))
-    results = index.search(content, fetch)
+    found = dict(zip(rows.tolist(), index.search(content[rows], fetch))) if len(rows) and fetch else {}
+    empty = pl.DataFrame(schema={"spu_id": pl.String, "score": pl.Float32})
     ids, sims, prices = [], [], []
-    for row, hits in enumerate(results):
+    for row in range(len(content)):
+        hits = found.get(row, empty)
         own = exclude_self[row] if exclude_self else None
         picked = [(s, sc) for s, sc in hits.iter_rows() if s != own and s in reference][:k]
         ids.append([s for s, _ in picked])
@@ -54,11 +60,12 @@ def find_comparables(index: SpuIndex, content: np.ndarray, reference: dict[str, 
     return Comparables(ids, sims, prices)
 
 
-def cold_matrix(vectors: SpuVectors, comparables: Comparables, lexical: np.ndarray) -> np.ndarray:
-    """``lexical``: the title n-gram model's log price per SPU (out-of-fold when training)."""
+def cold_matrix(vectors: SpuVectors, by_title: Comparables, by_image: Comparables, lexical: np.ndarray) -> np.ndarray:
+    """``by_title`` / ``by_image``: priced comparables found by title vector and by image vector;
+    ``lexical``: the title n-gram model's log price per SPU (out-of-fold when training)."""
     return np.column_stack([
         vectors.title, vectors.image, vectors.has["image"].astype(float), vectors.has["title"].astype(float),
-        comparables.features(), np.asarray(lexical, dtype=np.float64), vectors.negativity,
+        by_title.features(), by_image.features(), np.asarray(lexical, dtype=np.float64), vectors.negativity,
         vectors.rating, np.log1p(vectors.n_reviews),
     ]).astype(np.float64)
 
@@ -70,6 +77,7 @@ def warm_matrix(cold: np.ndarray, vectors: SpuVectors) -> np.ndarray:
 
 def feature_names(dim: int, warm: bool) -> list[str]:
     names = ([f"title_{i}" for i in range(dim)] + [f"image_{i}" for i in range(dim)] + ["has_image", "has_title"]
-             + list(COMPARABLE_FEATURES) + ["lexical_log_price", "review_negativity", "review_rating",
+             + [f"title_{f}" for f in COMPARABLE_FEATURES] + [f"image_{f}" for f in COMPARABLE_FEATURES]
+             + ["lexical_log_price", "review_negativity", "review_rating",
                                             "review_log_count"])
     return names + list(ORDER_FEATURES) if warm else names

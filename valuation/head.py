@@ -28,11 +28,11 @@ def _ridge(alpha: float):
                          StandardScaler(), Ridge(alpha=alpha))
 
 
-def _boosted(n_embed: int, random_state: int):
-    # Trees split poorly on hundreds of dense embedding dims: compress those, keep the rest as they are.
-    embed = list(range(n_embed))
-    reduce = ColumnTransformer([("embed", PCA(n_components=32, random_state=random_state), embed)],
-                               remainder="passthrough")
+def _boosted(blocks: list[tuple[list[int], int | None]], random_state: int):
+    # Trees split poorly on hundreds of dense embedding dims: each block (title, image) is compressed on its
+    # own, so one modality's components never crowd out the other's; a block that never varies is dropped.
+    reduce = ColumnTransformer([(f"embed{i}", PCA(n_components=n, random_state=random_state) if n else "drop", cols)
+                                for i, (cols, n) in enumerate(blocks)], remainder="passthrough")
     return make_pipeline(reduce, HistGradientBoostingRegressor(max_iter=300, learning_rate=0.05,
                                                                min_samples_leaf=20, l2_regularization=1.0,
                                                                random_state=random_state))
@@ -51,18 +51,19 @@ class _Blend(BaseEstimator, RegressorMixin):
 
 
 class ValueHead(BaseEstimator, RegressorMixin):
-    """Log-value regressor; ``n_embed`` leading columns are embedding dims (compressed for trees)."""
+    """Log-value regressor. ``embed_blocks``: (width, components) of the leading embedding blocks, in
+    order (e.g. title then image vectors); trees see each block compressed to its components."""
 
-    def __init__(self, n_embed: int = 0, candidates: tuple[str, ...] = ("ridge", "boosted", "blend"),
-                 n_splits: int = 4, random_state: int = 0):
-        self.n_embed = n_embed
+    def __init__(self, embed_blocks: tuple[tuple[int, int], ...] = (),
+                 candidates: tuple[str, ...] = ("ridge", "boosted", "blend"), n_splits: int = 4, random_state: int = 0):
+        self.embed_blocks = embed_blocks
         self.candidates = candidates
         self.n_splits = n_splits
         self.random_state = random_state
 
     def _candidate(self, name: str):
         ridge = _ridge(alpha=30.0)
-        boosted = _boosted(self.n_embed, self.random_state) if self.n_embed >= 32 else \
+        boosted = _boosted(self.blocks_, self.random_state) if self.blocks_ else \
             HistGradientBoostingRegressor(max_iter=300, learning_rate=0.05, random_state=self.random_state)
         return {"ridge": ridge, "boosted": boosted, "blend": _Blend([ridge, boosted])}[name]
 
@@ -71,7 +72,15 @@ class ValueHead(BaseEstimator, RegressorMixin):
         X, y = np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64)
         # A signal no training SPU has (e.g. ratings in a catalogue without reviews) carries nothing.
         self.keep_ = ~np.all(np.isnan(X), axis=0)
+        n_embed = sum(width for width, _ in self.embed_blocks)
+        if not self.keep_[:n_embed].all():
+            raise ValueError("embedding columns must not be NaN (a missing modality is zeros, flagged)")
         X = X[:, self.keep_]
+        self.blocks_, start = [], 0
+        for width, components in self.embed_blocks:
+            cols = list(range(start, start + width))
+            start += width
+            self.blocks_.append((cols, min(components, width) if np.ptp(X[:, cols], axis=0).max() > 0 else None))
         sort = np.argsort(order, kind="stable") if order is not None else np.arange(len(y))
         Xs, ys = X[sort], y[sort]
         splits = min(self.n_splits, max(2, len(y) // 50))

@@ -27,7 +27,7 @@ from valuation.policy import HAIRCUT_PARTS, AdmissionPolicy, HaircutPolicy, load
 from valuation.training import ValueModel, forward_prices, launch_prices
 
 MODEL_NAME = "pledgeval"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: value heads price from comparables by title and by image
 N_COMPARABLES_SHOWN = 3
 MAX_BATCH = 1000
 ANSWER_COLUMNS = ["value", "value_low", "value_high", "head", "haircut", *HAIRCUT_PARTS, "pledge_unit_price",
@@ -277,6 +277,9 @@ class PledgeModel:
     def load(cls, folder: str | Path) -> "PledgeModel":
         folder = Path(folder)
         meta = json.loads((folder / "model.json").read_text())
+        if meta.get("format") != FORMAT_VERSION:
+            raise ValueError(f"model at {folder} has format {meta.get('format')}; this version reads format "
+                             f"{FORMAT_VERSION}: train it again (pledgeval train, or pledgeval demo)")
         config = dict(meta["encoder"])
         if config.get("checkpoint"):
             config["checkpoint"] = str(folder / config["checkpoint"])

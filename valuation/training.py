@@ -1,5 +1,10 @@
 """The value model: targets, comparables, features, the two heads and their conformal intervals.
 
+Price features come from comparables found by title and, separately, by image, each in an index of the
+priced SPUs (the catalogue's SPU index keys SPUs by content, a mix of both, whose neighbours and
+similarities shift with whether an SPU has an image; the heads are trained mostly on SPUs without one).
+The comparables shown to a desk stay the catalogue index's.
+
 - **cold head**: SPUs without their own history (a new SPU: title and/or image, maybe reviews). Trained
   on each priced SPU's *launch price* (median unit price of its first 30 days), its own history hidden.
 - **warm head**: SPUs with history. Trained to predict the median price of the next 30 days from
@@ -22,6 +27,7 @@ from valuation.lexical import LexicalPricer
 
 LAUNCH_WINDOW_DAYS = 30
 HORIZON_DAYS = 30
+TITLE_COMPONENTS, IMAGE_COMPONENTS = 32, 16  # PCA components of each embedding block for the tree heads
 
 
 def launch_prices(orders: pl.DataFrame, until: datetime | None = None) -> pl.DataFrame:
@@ -51,6 +57,14 @@ def subset(vectors: SpuVectors, spu_ids: list[str]) -> SpuVectors:
     return vectors.take(spu_ids)
 
 
+def _reference_index(catalog: SpuIndex, spu_ids: list[str], vectors: np.ndarray, present: np.ndarray) -> SpuIndex:
+    index = SpuIndex(catalog.dim, catalog.fingerprint)
+    rows = np.flatnonzero(present)
+    if len(rows):
+        index.add([spu_ids[i] for i in rows], vectors[rows])
+    return index
+
+
 @dataclass
 class ValueModel:
     coverage: float = 0.9
@@ -59,10 +73,18 @@ class ValueModel:
     cold: ConformalValueModel | None = None
     warm: ConformalValueModel | None = None
     reference: dict[str, float] = field(default_factory=dict)  # comparables' log launch prices
+    by_title: SpuIndex | None = None   # priced SPUs by title vector
+    by_image: SpuIndex | None = None   # priced SPUs that have an image, by image vector
 
     def _head(self, dim: int) -> ConformalValueModel:
-        return ConformalValueModel(ValueHead(n_embed=2 * dim, random_state=self.random_state), coverage=self.coverage,
+        blocks = ((dim, TITLE_COMPONENTS), (dim, IMAGE_COMPONENTS))
+        return ConformalValueModel(ValueHead(embed_blocks=blocks, random_state=self.random_state), coverage=self.coverage,
                                    difficulty_columns=difficulty_columns(dim), random_state=self.random_state)
+
+    def _comparables(self, vectors: SpuVectors, exclude_self: list[str] | None) -> tuple[Comparables, Comparables]:
+        return tuple(find_comparables(index, getattr(vectors, kind), self.reference, exclude_self=exclude_self,
+                                      present=vectors.has[kind])
+                     for kind, index in (("title", self.by_title), ("image", self.by_image)))
 
     def fit(self, index: SpuIndex, vectors: SpuVectors, titles: dict[str, str], launch: pl.DataFrame,
             forward: pl.DataFrame | None = None,
@@ -75,8 +97,9 @@ class ValueModel:
         self.lexical = LexicalPricer(random_state=self.random_state)
         lexical_oof = self.lexical.fit_out_of_fold([titles.get(s, "") for s in ids], y)
         sub = subset(vectors, ids)
-        comparables = find_comparables(index, sub.content, self.reference, exclude_self=ids)
-        X = cold_matrix(sub, comparables, lexical_oof)
+        self.by_title, self.by_image = (_reference_index(index, ids, getattr(sub, kind), sub.has[kind])
+                                        for kind in ("title", "image"))
+        X = cold_matrix(sub, *self._comparables(sub, ids), lexical_oof)
         order = launch["first_sold"].dt.epoch("s").to_numpy()
         self.cold = self._head(index.dim).fit(X, y, order)
 
@@ -87,9 +110,8 @@ class ValueModel:
             if forward.height >= 60:
                 fids = forward["spu_id"].to_list()
                 fsub = subset(history, fids)
-                fcomp = find_comparables(index, fsub.content, self.reference, exclude_self=fids)
                 lexical = self._lexical_for(fids, titles, lexical_oof, ids)
-                Xw = warm_matrix(cold_matrix(fsub, fcomp, lexical), fsub)
+                Xw = warm_matrix(cold_matrix(fsub, *self._comparables(fsub, fids), lexical), fsub)
                 self.warm = self._head(index.dim).fit(Xw, np.log(forward["price"].to_numpy()), np.arange(len(fids)))
         return self
 
@@ -100,10 +122,11 @@ class ValueModel:
         return np.array([known.get(s, p) for s, p in zip(spu_ids, plain)])
 
     def predict(self, index: SpuIndex, vectors: SpuVectors, titles: list[str], exclude_self: bool = False) -> tuple[pl.DataFrame, Comparables]:
-        """Log value and interval per SPU; the warm head where the SPU has history and one was fit."""
-        comparables = find_comparables(index, vectors.content, self.reference,
-                                       exclude_self=vectors.spu_ids if exclude_self else None)
-        X = cold_matrix(vectors, comparables, self.lexical.predict(titles))
+        """Log value and interval per SPU; the warm head where the SPU has history and one was fit.
+        Also the comparables a desk is shown: the priced nearest neighbours in the catalogue's index."""
+        own = vectors.spu_ids if exclude_self else None
+        comparables = find_comparables(index, vectors.content, self.reference, exclude_self=own)
+        X = cold_matrix(vectors, *self._comparables(vectors, own), self.lexical.predict(titles))
         mid, low, high = self.cold.predict_interval(X)
         head = np.array(["cold"] * len(mid), dtype=object)
         warm_rows = np.flatnonzero(vectors.has["orders"]) if self.warm is not None else np.array([], dtype=int)
