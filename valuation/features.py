@@ -78,6 +78,5 @@ def warm_matrix(cold: np.ndarray, vectors: SpuVectors) -> np.ndarray:
 def feature_names(dim: int, warm: bool) -> list[str]:
     names = ([f"title_{i}" for i in range(dim)] + [f"image_{i}" for i in range(dim)] + ["has_image", "has_title"]
              + [f"title_{f}" for f in COMPARABLE_FEATURES] + [f"image_{f}" for f in COMPARABLE_FEATURES]
-             + ["lexical_log_price", "review_negativity", "review_rating",
-                                            "review_log_count"])
+             + ["lexical_log_price", "review_negativity", "review_rating", "review_log_count"])
     return names + list(ORDER_FEATURES) if warm else names
