@@ -10,6 +10,7 @@ import hashlib
 import json
 import shutil
 import time
+from collections.abc import KeysView
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -202,10 +203,8 @@ class PledgeModel:
         return AdmissionPolicy(self.policy)
 
     @property
-    def known_spu_ids(self) -> frozenset[str]:
-        if getattr(self, "_known", None) is None:
-            self._known = frozenset(self.catalog.spu_ids)
-        return self._known
+    def known_spu_ids(self) -> KeysView[str]:
+        return self._catalog_row.keys()
 
     @property
     def _catalog_row(self) -> dict[str, int]:
@@ -319,7 +318,7 @@ class PledgeModel:
         return cls.load(bentoml.models.get(tag).path)
 
 
-def _check_request(row: dict, known: set[str]) -> None:
+def _check_request(row: dict, known: KeysView[str]) -> None:
     spu_id = row.get("spu_id")
     if spu_id is None or not isinstance(spu_id, str) or not spu_id.strip():
         raise PricingError("spu_id", f"must be non-empty text, got {spu_id!r}")
