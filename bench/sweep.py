@@ -1,8 +1,13 @@
-"""Sweep throughput: score a book of N positions (demo SPUs and market) in one call, as a sweep does,
-against the straightforward way: a Python loop that scores one position at a time (same scoring code,
-each position with its own SPU's market rows), on ``--loop-positions`` of the same book.
+"""Sweep throughput: score a book of N positions in one call, as a sweep does, against the straightforward
+way: a Python loop that scores one position at a time (same scoring code, each position with its own
+SPU's market rows), on ``--loop-positions`` of the same book. Both are timed best of ``--repeats``.
 
-    python bench/sweep.py [--positions 1000000] [--loop-positions 10000]
+The book is synthetic and seeded, at the scale a sweep meets: ``--spus`` SPUs, each with ``--days`` of
+daily market history (lognormal price levels, a random walk, sales on a share of days, some SPUs gone
+stale, some taking a lasting price drop), positions over every SPU, and pledge dates spread over the
+window, so market lookups and pledge prices grow with the book instead of staying a few hundred.
+
+    python bench/sweep.py [--positions 1000000] [--spus 100000] [--days 120] [--loop-positions 2000]
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import argparse
 import resource
 import sys
 import time
+from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -18,63 +24,134 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import print_table  # noqa: E402
-from data import generate_demo_catalog, load_catalog  # noqa: E402
-from monitoring import score_book  # noqa: E402
+from data.schemas import MARKET, POSITIONS  # noqa: E402
+from monitoring import load_config, score_book  # noqa: E402
+
+START = date(2024, 1, 1)
+WAREHOUSES = ("Felixstowe", "Tilbury", "Daventry", "Rotterdam", "Leipzig")
+
+
+def synthetic_book(n_positions: int, n_spus: int, days: int, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(market, positions): one market row per SPU and day with a sale; positions over all SPUs."""
+    rng = np.random.default_rng(seed)
+    day = np.arange(days)
+    ids = _labels("S", np.arange(n_spus), width=6)  # zero-padded: sorted ids are sorted numbers
+
+    level = np.exp(rng.normal(np.log(30), 1.0, n_spus))  # typical price: from about £4 to a few hundred
+    vol = np.exp(rng.normal(np.log(0.015), 0.5, n_spus))  # daily log-price volatility
+    log_path = np.cumsum(rng.standard_normal((n_spus, days)) * vol[:, None], axis=1)
+    log_path += rng.normal(0, 0.001, n_spus)[:, None] * day
+    # A share of SPUs take a lasting price drop (and sell at half the rate after it) ...
+    dropped = rng.random(n_spus) < 0.12
+    after_drop = dropped[:, None] & (day >= rng.integers(days // 3, days, n_spus)[:, None])
+    log_path += np.where(after_drop, np.log(rng.uniform(0.55, 0.85, n_spus))[:, None], 0.0)
+    # ... and a share stop selling at some point (stale by as-of: no sale in the last 15+ days).
+    stops = np.where(rng.random(n_spus) < 0.08, rng.integers(days // 2, days - 15, n_spus), days)
+    rate = np.exp(rng.normal(np.log(0.6), 0.9, n_spus))  # units a day: some daily sellers, many slow ones
+    units = rng.poisson(rate[:, None] * np.where(after_drop, 0.5, 1.0) * (day < stops[:, None]))
+    spu_idx, day_idx = np.nonzero(units)  # row-major: sorted by SPU, then day
+    price = level[spu_idx] * np.exp(log_path[spu_idx, day_idx] + rng.normal(0, 0.03, spu_idx.size))
+    market = pl.DataFrame({
+        "spu_id": ids.gather(spu_idx),
+        "date": pl.Series(day_idx + (START - date(1970, 1, 1)).days, dtype=pl.Int32).cast(pl.Date),
+        "price": np.maximum(np.round(price, 2), 0.01),
+        "units_sold": units[spu_idx, day_idx],
+    }).cast(MARKET.polars_schema)
+
+    # Loans of a few positions each, pledged on any day with a full pledge window of history before it;
+    # every SPU is pledged at least once, the rest go to SPUs by how well they sell.
+    n_loans = max(1, n_positions // 8)
+    window = load_config()["market"]["pledge_window_days"]
+    loan_day = rng.integers(min(window, days - 1), days, n_loans)
+    loan_of = rng.integers(0, n_loans, n_positions)
+    every = rng.permutation(n_spus)[:n_positions]
+    spu = np.concatenate([every, rng.choice(n_spus, n_positions - every.size, p=rate ** 0.5 / (rate ** 0.5).sum())])
+    pledge_day = loan_day[loan_of]
+    quantity = np.maximum(10, np.round(rate[spu] * rng.uniform(15, 120, n_positions))).astype(np.int64)
+    pledge_unit_price = np.round(level[spu] * np.exp(log_path[spu, pledge_day]) * 0.7, 2)
+    positions = pl.DataFrame({
+        "position_id": _labels("B", np.arange(n_positions)),
+        "loan_id": _labels("L", loan_of),
+        "borrower": _labels("BR", loan_of % 2000),
+        "spu_id": ids.gather(spu),
+        "quantity": quantity,
+        "warehouse": pl.Series(WAREHOUSES).gather(rng.integers(0, len(WAREHOUSES), n_positions)),
+        "pledged_at": pl.Series(pledge_day + (START - date(1970, 1, 1)).days, dtype=pl.Int32).cast(pl.Date),
+        "loan_amount": np.round(quantity * pledge_unit_price * rng.uniform(0.8, 1.0, n_positions), 2),
+        "pledge_unit_price": np.maximum(pledge_unit_price, 0.01),
+    }).cast(POSITIONS.polars_schema)
+    return market, positions
+
+
+def _labels(prefix: str, numbers: np.ndarray, width: int = 0) -> pl.Series:
+    return pl.select(pl.lit(prefix) + pl.Series(numbers).cast(pl.String).str.zfill(width)).to_series()
+
+
+def best_of(fn, repeats: int) -> tuple[float, object]:
+    """Best wall time of ``repeats`` calls, and the last call's result."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return min(times), result
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--positions", type=int, default=1_000_000)
+    parser.add_argument("--spus", type=int, default=100_000)
+    parser.add_argument("--days", type=int, default=120, help="days of market history per SPU")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--loop-positions", type=int, default=10_000)
-    parser.add_argument("--demo-dir", type=Path, default=Path("var/bench-demo"))
+    parser.add_argument("--loop-positions", type=int, default=2_000,
+                        help="positions scored one at a time (a random sample of the same book)")
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    if not (args.demo_dir / "positions.parquet").is_file():
-        generate_demo_catalog(args.demo_dir, n_spus=2000, seed=0)
-    tables = load_catalog(args.demo_dir, ("spus", "market", "positions"))
-    market, base = tables["market"], tables["positions"]
-    as_of = market["date"].max()
-    rng = np.random.default_rng(0)
-    pick = rng.integers(0, base.height, args.positions)
-    book = base[pick].with_columns(pl.format("B{}", pl.int_range(pl.len())).alias("position_id"),
-                                   (pl.col("loan_amount") * rng.uniform(0.7, 1.3, args.positions)).alias("loan_amount"))
+
+    t0 = time.perf_counter()
+    market, book = synthetic_book(args.positions, args.spus, args.days, args.seed)
+    t_build = time.perf_counter() - t0
+    as_of = START + timedelta(days=args.days - 1)
+    n_spus, n_dates = book["spu_id"].n_unique(), book["pledged_at"].n_unique()
+    n_pairs = book.select("spu_id", "pledged_at").n_unique()
+    stale = market.group_by("spu_id").agg(pl.col("date").max()).filter(
+        pl.col("date") < as_of - timedelta(days=load_config()["market"]["stale_days"])).height
+
     small = book.head(1000)
-    t_small = min(_timed(lambda: score_book(small, market, as_of)) for _ in range(args.repeats))
-    times = [_timed(lambda: score_book(book, market, as_of)) for _ in range(args.repeats)]
-    best = min(times)
-    result = score_book(book, market, as_of)
-    per_s = args.positions / best
+    t_small, _ = best_of(lambda: score_book(small, market, as_of), args.repeats)
+    best, result = best_of(lambda: score_book(book, market, as_of), args.repeats)
+    per_s = book.height / best
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    looped = book.head(args.loop_positions)
-    by_spu = {spu: rows for (spu,), rows in market.partition_by("spu_id", as_dict=True).items()}
+    looped = book.sample(min(args.loop_positions, book.height), seed=args.seed)
+    wanted = market.filter(pl.col("spu_id").is_in(looped["spu_id"].unique().implode()))
+    by_spu = {spu: rows for (spu,), rows in wanted.partition_by("spu_id", as_dict=True).items()}
     empty = market.clear()
-    start = time.perf_counter()
-    rows = [score_book(looped[i:i + 1], by_spu.get(spu, empty), as_of)
-            for i, spu in enumerate(looped["spu_id"].to_list())]
-    t_loop = time.perf_counter() - start
-    loop_frame = pl.concat(rows)
+
+    def loop():
+        return pl.concat([score_book(looped[i:i + 1], by_spu.get(spu, empty), as_of)
+                          for i, spu in enumerate(looped["spu_id"].to_list())])
+
+    t_loop, loop_frame = best_of(loop, args.repeats)
     both = loop_frame.select("position_id", "health").join(result.select("position_id", "health"),
                                                           on="position_id", suffix="_vectorised")
     same = both.height == looped.height and (both["health"] - both["health_vectorised"]).abs().max() < 1e-9
     loop_per_s = looped.height / t_loop
-    print_table(f"Sweep scoring, {args.positions:,} positions over {market['spu_id'].n_unique()} SPUs "
-                f"({market.height:,} market rows), best of {args.repeats}",
-                ["positions", "seconds", "positions/s", "actions"],
-                [[f"{1000:,}", f"{t_small:.3f}", f"{1000 / t_small:,.0f}", "-"],
-                 [f"{args.positions:,}", f"{best:.3f}", f"{per_s:,.0f}",
+
+    print_table(f"Synthetic book: {book.height:,} positions over {n_spus:,} SPUs, {n_dates} pledge dates "
+                f"({n_pairs:,} SPU x pledge-date pairs); {market.height:,} market rows over {args.days} days, "
+                f"{stale:,} SPUs stale at {as_of}; built in {t_build:.1f}s",
+                ["positions", f"seconds (best of {args.repeats})", "positions/s", "actions"],
+                [[f"{small.height:,}", f"{t_small:.3f}", f"{small.height / t_small:,.0f}", "-"],
+                 [f"{book.height:,}", f"{best:.3f}", f"{per_s:,.0f}",
                   ", ".join(f"{a}={n}" for a, n in result["action"].value_counts().sort("action").rows())],
                  [f"{looped.height:,} (loop)", f"{t_loop:.3f}", f"{loop_per_s:,.0f}",
                   f"same health as vectorised: {same}"]])
     print(f"positions_per_s={per_s:.0f} peak_rss_mb={peak_rss_mb:.0f} speedup_vs_loop={per_s / loop_per_s:.0f} "
-          f"loop_positions_per_s={loop_per_s:.0f} seconds={best:.3f} n_positions={args.positions} "
+          f"loop_positions_per_s={loop_per_s:.0f} seconds={best:.3f} loop_seconds={t_loop:.3f} "
+          f"n_loop_positions={looped.height} n_positions={book.height} n_spus={n_spus} "
+          f"n_pledge_dates={n_dates} n_spu_pledge_pairs={n_pairs} market_rows={market.height} "
           f"scale_ratio_vs_1k={best / t_small:.1f}")
-
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 if __name__ == "__main__":

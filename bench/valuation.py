@@ -3,7 +3,11 @@
 Online Retail: train on order lines before 2011-06-01; test on SPUs first sold 2011-06-01..2011-08-31,
 valued by title alone (all a new SPU has here) against the median unit price of their first 30 days.
 Training SPUs are priced the same way (median of their first 30 days, within the training period).
-Also: the demo catalogue with and without images, to show what the image tower adds.
+Training SPUs carry the titles of the training period only. Baselines on the same rows: the global
+median, the nearest title, the similarity-weighted ten nearest titles (the comparables our head sees),
+and TF-IDF + Ridge whose alpha is chosen by the same time-ordered CV as our head's model choice.
+Also: the demo catalogue with and without images, to show what the image tower adds; its image tower is
+trained in this run on the training SPUs only (a tower that saw held-out images would flatter the image).
 
     python bench/valuation.py --online-retail ../shared/data/online_retail [--skip-demo]
 """
@@ -20,6 +24,7 @@ import numpy as np
 import polars as pl
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import Ridge
+from sklearn.model_selection import TimeSeriesSplit
 from sklearn.pipeline import make_pipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -28,6 +33,25 @@ from data import read_online_retail  # noqa: E402
 from embeddings import SpuEmbedder, SpuIndex, create_encoder  # noqa: E402
 from valuation.metrics import value_metrics  # noqa: E402
 from valuation.training import ValueModel, launch_prices, subset  # noqa: E402
+
+
+ALPHAS = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
+
+
+def tuned_tfidf_ridge(titles: list[str], y: np.ndarray, n_splits: int = 4):
+    """TF-IDF (char n-grams) + Ridge with alpha chosen by time-ordered CV (rows in time order), the same
+    folds and score (MAE of log price) our head's model choice uses; refit on all rows."""
+    def pipeline(alpha):
+        return make_pipeline(TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=2, sublinear_tf=True),
+                             Ridge(alpha=alpha))
+    titles = np.asarray(titles, dtype=object)
+    cv = {}
+    for alpha in ALPHAS:
+        errors = [np.abs(pipeline(alpha).fit(titles[tr], y[tr]).predict(titles[te]) - y[te]).mean()
+                  for tr, te in TimeSeriesSplit(n_splits=n_splits).split(titles)]
+        cv[alpha] = float(np.mean(errors))
+    best = min(cv, key=cv.get)
+    return pipeline(best).fit(titles, y), best
 
 
 def evaluate(embedder, train_spus, train_targets, test_spus, test_targets, reviews=None, use_images=True):
@@ -56,27 +80,28 @@ def evaluate(embedder, train_spus, train_targets, test_spus, test_targets, revie
     y_train = train_targets["price"].to_numpy()
     results["global median"] = value_metrics(actual, np.full(len(actual), np.median(y_train)))
     results["nearest-title neighbour"] = value_metrics(actual, np.exp([p[0] for p in comparables.log_price]))
-    train_titles = train_spus.join(train_targets.select("spu_id"), on="spu_id", how="semi").sort("spu_id")
-    ordered = train_targets.sort("spu_id")
-    tfidf = make_pipeline(TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=2, sublinear_tf=True),
-                          Ridge(alpha=1.0))
-    tfidf.fit(train_titles["title"].to_list(), np.log(ordered["price"].to_numpy()))
-    test_titles = test_spus.join(test_targets.select("spu_id"), on="spu_id", how="semi")
-    test_titles = test_targets.select("spu_id").join(test_titles, on="spu_id", how="left", maintain_order="left")
+    # the same ten similarity-weighted comparables our head sees (valuation.features), as a price on their own
+    results["weighted ten neighbours"] = value_metrics(actual, np.exp(comparables.features()[:, 0]))
+    ordered = train_targets.sort("first_sold")  # CV folds in time order, as our head's
+    train_titles = ordered.select("spu_id").join(train_spus, on="spu_id", how="left", maintain_order="left")
+    tfidf, alpha = tuned_tfidf_ridge(train_titles["title"].to_list(), np.log(ordered["price"].to_numpy()))
+    test_titles = test_targets.select("spu_id").join(test_spus, on="spu_id", how="left", maintain_order="left")
     results["TF-IDF + Ridge"] = value_metrics(actual, np.exp(tfidf.predict(test_titles["title"].to_list())))
+    results["TF-IDF + Ridge"]["chosen"] = f"alpha={alpha:g}"
     return results
 
 
 def online_retail(embedder, path: Path, cutoff: str, until: str):
     retail = read_online_retail(path)
+    # training SPUs carry the titles (most used spelling) of the training period only, for ours and the baselines
+    before = read_online_retail(path, until=cutoff)
     cut, end = datetime.fromisoformat(cutoff), datetime.fromisoformat(until)
     train_targets = launch_prices(retail.orders, until=cut)
     all_launch = launch_prices(retail.orders)
     test_targets = all_launch.filter((pl.col("first_sold") >= cut) & (pl.col("first_sold") <= end))
-    spus = retail.spus
-    return evaluate(embedder, spus.filter(pl.col("spu_id").is_in(train_targets["spu_id"].implode())), train_targets,
-                    spus.filter(pl.col("spu_id").is_in(test_targets["spu_id"].implode())), test_targets), \
-        (train_targets.height, test_targets.height)
+    return evaluate(embedder, before.spus.filter(pl.col("spu_id").is_in(train_targets["spu_id"].implode())),
+                    train_targets, retail.spus.filter(pl.col("spu_id").is_in(test_targets["spu_id"].implode())),
+                    test_targets), (train_targets.height, test_targets.height)
 
 
 def admission(path: Path, cutoff: str, until: str) -> dict:
@@ -106,8 +131,13 @@ def admission(path: Path, cutoff: str, until: str) -> dict:
     return out
 
 
-def demo(embedder, n_spus: int, seed: int, folder: Path):
+def demo(n_spus: int, seed: int, folder: Path, tower_epochs: int, checkpoint: Path | None):
+    """Demo catalogue, a seeded 20% of SPUs held out. The image tower is trained here on the training
+    SPUs' (image, title) pairs only, so no held-out product's image was seen by the tower."""
+    import tempfile
+
     from data import generate_demo_catalog, load_catalog
+    from embeddings import train_image_tower
 
     if not (folder / "spus.parquet").is_file():
         generate_demo_catalog(folder, n_spus=n_spus, seed=seed)
@@ -117,9 +147,17 @@ def demo(embedder, n_spus: int, seed: int, folder: Path):
     test_mask = rng.random(prices.height) < 0.2
     train_targets, test_targets = prices.filter(~pl.Series(test_mask)), prices.filter(pl.Series(test_mask))
     spus = tables["spus"]
-    args = (spus.filter(pl.col("spu_id").is_in(train_targets["spu_id"].implode())), train_targets,
-            spus.filter(pl.col("spu_id").is_in(test_targets["spu_id"].implode())), test_targets, tables["reviews"])
-    return evaluate(embedder, *args, use_images=True), evaluate(embedder, *args, use_images=False)
+    train_spus = spus.filter(pl.col("spu_id").is_in(train_targets["spu_id"].implode()))
+    with tempfile.TemporaryDirectory() as tmp:
+        if checkpoint is None:
+            checkpoint = Path(tmp) / "tower.pt"
+            pairs = train_spus.filter(pl.col("images").list.len() > 0)
+            train_image_tower(create_encoder(), pairs["title"].to_list(), pairs["images"].list.first().to_list(),
+                              epochs=tower_epochs, seed=seed, checkpoint=checkpoint, log=None)
+        embedder = SpuEmbedder(create_encoder(checkpoint=checkpoint))
+        args = (train_spus, train_targets, spus.filter(pl.col("spu_id").is_in(test_targets["spu_id"].implode())),
+                test_targets, tables["reviews"])
+        return evaluate(embedder, *args, use_images=True), evaluate(embedder, *args, use_images=False)
 
 
 def rows_of(results: dict, label: str) -> list[list[str]]:
@@ -136,7 +174,10 @@ def main() -> None:
     parser.add_argument("--online-retail", type=Path, default=None)
     parser.add_argument("--cutoff", default="2011-06-01")
     parser.add_argument("--until", default="2011-08-31")
-    parser.add_argument("--checkpoint", type=Path, default=None, help="trained image tower for the demo run")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="image tower for the demo run; it must not have seen the held-out SPUs (default: "
+                             "train one on the training SPUs)")
+    parser.add_argument("--tower-epochs", type=int, default=20, help="epochs of the demo run's image tower")
     parser.add_argument("--demo-dir", type=Path, default=Path("var/bench-demo"))
     parser.add_argument("--demo-spus", type=int, default=2000)
     parser.add_argument("--skip-demo", action="store_true")
@@ -157,12 +198,9 @@ def main() -> None:
                     f"{admitted['auto_share']:.3f}", f"{admitted['auto_smape']:.3f}"]])
     print("most frequent reasons: " + ", ".join(f"{r} {n}" for r, n in admitted["reasons"]))
     if not args.skip_demo:
-        checkpoint = args.checkpoint or (Path("var/models/image-tower.pt") if Path("var/models/image-tower.pt").is_file()
-                                         else None)
-        demo_embedder = SpuEmbedder(create_encoder(checkpoint=checkpoint))
-        with_images, without = demo(demo_embedder, args.demo_spus, 0, args.demo_dir)
-        print_table(f"Demo catalogue ({'trained' if checkpoint else 'UNTRAINED'} image tower), launch price, "
-                    "random 20% of SPUs held out", header,
+        with_images, without = demo(args.demo_spus, 0, args.demo_dir, args.tower_epochs, args.checkpoint)
+        tower = f"given tower {args.checkpoint}" if args.checkpoint else "image tower trained on the training SPUs only"
+        print_table(f"Demo catalogue ({tower}), launch price, random 20% of SPUs held out", header,
                     rows_of({"title + image": with_images["ours"]}, "demo") +
                     rows_of({"title only": without["ours"]}, "demo") +
                     rows_of({k: v for k, v in without.items() if k != "ours"}, "demo"))

@@ -173,7 +173,9 @@ def _cast_columns(frame: pl.DataFrame, schema: TableSchema, base_dir: Path | Non
             continue
         src = pl.col(column.name)
         cast = _cast(src, frame.schema[column.name], column.dtype)
-        exprs.append(cast.alias(column.name))
+        # a blank cell means what an absent column means (e.g. cancelled = false), not an unknown
+        filled = cast.fill_null(pl.lit(column.default, dtype=column.dtype)) if column.default is not None else cast
+        exprs.append(filled.alias(column.name))
         probe = frame.select(pl.col(ROW), src, cast.alias("_cast"))
         wrong_type = src.is_not_null() & pl.col("_cast").is_null()
         problems.append(_problems(probe, wrong_type, column.name, f"not a valid {column.dtype}", src))

@@ -79,28 +79,34 @@ def pledge_book(orders: pl.DataFrame, market: pl.DataFrame, pledge: date) -> pl.
     })
 
 
-def loss_events(market: pl.DataFrame, book: pl.DataFrame, pledge: date, until: date) -> dict[str, date]:
-    """First loss-event day per SPU (SPUs without an event are absent)."""
-    start = pledge - timedelta(weeks=PRE_WEEKS)
-    days = [pledge + timedelta(days=i) for i in range((until - pledge).days + 1)]
-    grid_start = start
-    n = (until - grid_start).days + 1
-    events = {}
-    by_spu = market.filter(pl.col("spu_id").is_in(book["spu_id"].implode()) & (pl.col("date") >= grid_start)
+def _daily_series(market: pl.DataFrame, book: pl.DataFrame, start: date, until: date):
+    """Per SPU of the book: units sold and median price per day from ``start`` to ``until`` (0 / NaN on
+    days without a sale)."""
+    n = (until - start).days + 1
+    by_spu = market.filter(pl.col("spu_id").is_in(book["spu_id"].implode()) & (pl.col("date") >= start)
                            & (pl.col("date") <= until)).partition_by("spu_id", as_dict=True)
     for (spu,), rows in by_spu.items():
-        offset = np.array([(d - grid_start).days for d in rows["date"].to_list()])
+        offset = np.array([(d - start).days for d in rows["date"].to_list()])
         units = np.zeros(n)
         prices = np.full(n, np.nan)
         units[offset] = rows["units_sold"].to_numpy()
         prices[offset] = rows["price"].to_numpy()
-        pre = slice(0, (pledge - grid_start).days)
+        yield spu, units, prices
+
+
+def loss_events(market: pl.DataFrame, book: pl.DataFrame, pledge: date, until: date) -> dict[str, date]:
+    """First loss-event day per SPU (SPUs without an event are absent)."""
+    start = pledge - timedelta(weeks=PRE_WEEKS)
+    days = [pledge + timedelta(days=i) for i in range((until - pledge).days + 1)]
+    events = {}
+    for spu, units, prices in _daily_series(market, book, start, until):
+        pre = slice(0, (pledge - start).days)
         base_units = units[pre].sum() / (PRE_WEEKS * 7 / EVENT_WINDOW)
         base_price = np.nanmedian(prices[pre])
         for d in days:
             if (d - pledge).days < EVENT_WINDOW:
                 continue
-            end = (d - grid_start).days + 1
+            end = (d - start).days + 1
             window = slice(end - EVENT_WINDOW, end)
             window_prices = prices[window][~np.isnan(prices[window])]
             low_price = window_prices.size and np.median(window_prices) < 0.7 * base_price
@@ -108,6 +114,25 @@ def loss_events(market: pl.DataFrame, book: pl.DataFrame, pledge: date, until: d
                 events[spu] = d
                 break
     return events
+
+
+NAIVE_WINDOW = 14
+
+
+def naive_alerts(market: pl.DataFrame, book: pl.DataFrame, pledge: date, until: date) -> dict[str, date]:
+    """The baseline a reader should compare the monitor with: alert on the first day after the pledge on
+    which the units sold in the last 14 days fall below half the pre-pledge rate (per 14 days). The loss
+    event reads the same sales series, so part of any monitor's recall is mechanical; this shows how much."""
+    start = pledge - timedelta(weeks=PRE_WEEKS)
+    alerts = {}
+    for spu, units, _ in _daily_series(market, book, start, until):
+        pre_days = (pledge - start).days
+        base = units[:pre_days].sum() * NAIVE_WINDOW / pre_days
+        rolling = np.convolve(units, np.ones(NAIVE_WINDOW), mode="full")[:len(units)]  # units in the 14 days to d
+        low = np.flatnonzero(rolling[pre_days + 1:] < 0.5 * base)
+        if low.size:
+            alerts[spu] = pledge + timedelta(days=int(low[0]) + 1)
+    return alerts
 
 
 def score_alerts(first_alert: dict[str, date], events: dict[str, date], spus: list[str]) -> ReplayScore:
@@ -176,8 +201,9 @@ def tune_actions(orders: pl.DataFrame, market: pl.DataFrame, pledge: date, until
 
 
 def replay(orders: pl.DataFrame, pledge: date, until: date, config: dict | None = None,
-           store_url: str | None = None) -> tuple[ReplayScore, pl.DataFrame]:
-    """Run the monitor day by day over real history and score its alerts; returns score and book."""
+           store_url: str | None = None) -> tuple[ReplayScore, ReplayScore, pl.DataFrame]:
+    """Run the monitor day by day over real history and score its alerts; returns the monitor's score,
+    the naive baseline's score on the same positions and events (``naive_alerts``), and the book."""
     config = deepcopy(config or load_config())
     market = derive_market(orders)
     book = pledge_book(orders, market, pledge)
@@ -195,4 +221,5 @@ def replay(orders: pl.DataFrame, pledge: date, until: date, config: dict | None 
         store.close()
     first = dict(alerts.group_by("position_id").agg(pl.col("as_of").min())
                  .with_columns(pl.col("position_id").str.strip_prefix("R-")).iter_rows())
-    return score_alerts(first, events, spus), book
+    naive = score_alerts(naive_alerts(market, book, pledge, until), events, spus)
+    return score_alerts(first, events, spus), naive, book

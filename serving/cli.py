@@ -388,16 +388,76 @@ def replay_command(
         config["actions"].update({k: best[k] for k in TUNING_GRID})
         console.print(f"thresholds chosen on {t0}..{t1}: " + ", ".join(f"{k}={best[k]}" for k in TUNING_GRID)
                       + f" (there: flag_recall {tuned.flag_recall:.3f}, false_alarm_rate {tuned.false_alarm_rate:.3f})")
-    score, book = replay(retail.orders.filter(pl.col("ordered_at").dt.date() <= end), pledge, end, config)
-    table = Table(title=f"replay: {score.n_positions} positions pledged {pledge}, swept daily to {end}")
-    for column in ("", "alert >= 7 days before", "alert later", "no alert", "total"):
-        table.add_column(column, justify="right")
-    table.add_row("loss event", str(score.caught), str(score.late), str(score.missed), str(score.n_events))
-    no_event = score.false_alarms + score.quiet_ok
-    table.add_row("no event", str(score.false_alarms), "-", str(score.quiet_ok), str(no_event))
-    console.print(table)
+    score, naive, book = replay(retail.orders.filter(pl.col("ordered_at").dt.date() <= end), pledge, end, config)
+    for name, result in (("monitor", score), ("naive baseline: 14-day units < half the pre-pledge rate", naive)):
+        table = Table(title=f"replay, {name}: {result.n_positions} positions pledged {pledge}, swept daily to {end}")
+        for column in ("", "alert >= 7 days before", "alert later", "no alert", "total"):
+            table.add_column(column, justify="right")
+        table.add_row("loss event", str(result.caught), str(result.late), str(result.missed), str(result.n_events))
+        table.add_row("no event", str(result.false_alarms), "-", str(result.quiet_ok),
+                      str(result.false_alarms + result.quiet_ok))
+        console.print(table)
     print(f"flag_recall={score.flag_recall:.4f} false_alarm_rate={score.false_alarm_rate:.4f} "
-          f"median_lead_days={score.median_lead_days:.1f} n_events={score.n_events} n_positions={score.n_positions}")
+          f"median_lead_days={score.median_lead_days:.1f} naive_flag_recall={naive.flag_recall:.4f} "
+          f"naive_false_alarm_rate={naive.false_alarm_rate:.4f} naive_median_lead_days={naive.median_lead_days:.1f} "
+          f"n_events={score.n_events} n_positions={score.n_positions}")
+
+
+@app.command("backtest")
+def backtest_command(
+    online_retail: Annotated[Path, typer.Option(help="Online Retail order lines (file or folder).")],
+    start: Annotated[str, typer.Option("--from", help="ISO date: the first pledge date is the first day of a "
+                                                      "month on or after it.")] = "2011-05-01",
+    until: Annotated[str, typer.Option(help="ISO date: the last pledge date is on or before it.")] = "2011-07-01",
+    horizon_days: Annotated[int, typer.Option(min=1, help="Days to sell the stock after a default.")] = 60,
+    salvage: Annotated[float, typer.Option(help="Share of P that units unsold by then fetch.")] = 0.25,
+    retrain: Annotated[str, typer.Option(help="'each': train before every pledge date on the lines before it; "
+                                              "'once': train at the first date only.")] = "each",
+    report: Annotated[Optional[Path], typer.Option(help="HTML report to write.")] = Path("var/reports/backtest.html"),
+    out: Annotated[Optional[Path], typer.Option(help="Write every position (parquet).")] = None,
+) -> None:
+    """Walk-forward lending backtest: lend the pledge price, sell at the prices the market paid, count breaches."""
+    from valuation import backtest
+
+    summary, positions, seconds = _run_backtest(online_retail, start, until, horizon_days, salvage, retrain)
+    _print_backtest(summary, positions, retrain, seconds)
+    if out:
+        positions.write_parquet(out)
+    if report:
+        from valuation.backtest_report import write_report
+
+        console.print(f"report: {write_report(positions, summary, report, 'Lending backtest, Online Retail')}")
+    print(backtest.key_values(summary))
+
+
+def _run_backtest(path: Path, start: str, until: str, horizon_days: int, salvage: float, retrain: str):
+    from datetime import date as _date
+
+    from valuation import backtest
+
+    try:
+        first, last = _date.fromisoformat(start), _date.fromisoformat(until)
+    except ValueError as exc:
+        _fail(f"--from/--until: not an ISO date ({exc})")
+    try:
+        return backtest.run_online_retail(path, first, last, horizon_days=horizon_days, salvage=salvage,
+                                          retrain=retrain, log=console.print)
+    except (DataFileError, backtest.BacktestError) as exc:
+        _fail(str(exc))
+
+
+def _print_backtest(summary: dict, positions: pl.DataFrame, retrain: str, seconds: float) -> None:
+    from valuation import backtest
+
+    table = Table(title=f"lending backtest: {summary['ours']['n']} positions, model retrained {retrain}, "
+                        f"{seconds:.0f} s")
+    for column in backtest.TABLE_HEADER:
+        table.add_column(column, justify="left" if column == "lender" else "right")
+    for row in backtest.table_rows(summary):
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"decisions: {dict(positions['decision'].value_counts().iter_rows())}; haircut: "
+                  f"{dict(positions['haircut_source'].value_counts().iter_rows())}")
 
 
 def _model_value_fn(model: Optional[str]):

@@ -1,8 +1,10 @@
 import hashlib
 
+import polars as pl
 import pytest
 from typer.testing import CliRunner
 
+from data import Store
 from serving.cli import app
 
 runner = CliRunner()
@@ -62,8 +64,14 @@ def test_demo_job_builds_and_loads(tmp_path):
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
     assert "pledged book by borrower" in first.output
+    tables = ("spus", "reviews", "orders", "market", "positions")
+    in_files = {t: pl.read_parquet(tmp_path / "demo" / f"{t}.parquet").height for t in tables}
+    store = Store(db)
+    assert {t: store.count(t) for t in tables} == in_files and min(in_files.values()) > 0
     again = runner.invoke(app, args)  # reuses the files, upserts without duplicating
-    assert again.exit_code == 0 and again.output.split("pledged book")[0].count("│") > 0
+    assert again.exit_code == 0, again.output
+    assert {t: store.count(t) for t in tables} == in_files
+    store.close()
 
 
 @pytest.mark.slow

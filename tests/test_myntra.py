@@ -8,20 +8,16 @@ import pytest
 
 from data import DataFileError, read_myntra
 
-MYNTRA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "myntra"
-
 
 @pytest.fixture
-def sample(tmp_path):
-    if not (MYNTRA / "products.parquet").is_file():
-        pytest.skip(f"real Myntra data not found at {MYNTRA}")
-    products = pl.read_parquet(MYNTRA / "products.parquet")
+def sample(tmp_path, myntra_path):
+    products = pl.read_parquet(myntra_path / "products.parquet")
     with_image = products.filter(pl.col("has_image")).head(3)
     without = products.filter(~pl.col("has_image")).head(2)
     unpriced = products.head(1).with_columns(pl.lit(0.0).alias("discounted_price"), pl.lit(-1, dtype=pl.Int64).alias("id"))
     (tmp_path / "images").mkdir()
     for spu in with_image["id"]:
-        shutil.copy(MYNTRA / "images" / f"{spu}.jpg", tmp_path / "images" / f"{spu}.jpg")
+        shutil.copy(myntra_path / "images" / f"{spu}.jpg", tmp_path / "images" / f"{spu}.jpg")
     pl.concat([with_image, without, unpriced]).write_parquet(tmp_path / "products.parquet")
     return tmp_path, with_image, without
 

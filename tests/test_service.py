@@ -2,9 +2,9 @@
 
 import base64
 import io
-import time
 
 import httpx
+from conftest import wait_for_sweep
 from PIL import Image
 
 KEY = "test-key"  # conftest.SERVICE_KEY: the key the server fixture starts the service with
@@ -89,13 +89,10 @@ def test_similar_admit_sweep_and_health(server):
     assert hits[0]["spu_id"] == tables["spus"]["spu_id"][5] and len(hits) == 3
     admit = client.post("/admit", json={"items": [{"spu_id": tables["spus"]["spu_id"][0]}]}).json()
     assert set(admit[0]) >= {"decision", "reasons", "pledge_unit_price"}
-    started = client.post("/sweep", json={}).json()
-    for _ in range(60):
-        status = client.get(f"/sweeps/{started['sweep_id']}").json()
-        if status.get("status") == "completed":
-            break
-        time.sleep(0.5)
-    assert status["status"] == "completed" and status["n_positions"] == tables["positions"].height
+    started = client.post("/sweep", json={})
+    assert started.status_code == 200, started.text
+    status = wait_for_sweep(client, started.json()["sweep_id"])
+    assert status["n_positions"] == tables["positions"].height
     position = tables["positions"]["position_id"][0]
     health = client.get(f"/positions/{position}/health").json()
     assert health["latest"]["action"] in ("ok", "watch", "top-up", "liquidate") and len(health["history"]) == 1

