@@ -11,14 +11,14 @@ manifest with an atomic rename: a crash at any point leaves the previous generat
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import uuid
 from pathlib import Path
 
 import faiss
 import numpy as np
 import polars as pl
+
+from data.files import write_atomic
 
 EXACT_BELOW = 50_000
 KINDS = ("auto", "flat", "hnsw", "ivfpq")
@@ -240,13 +240,4 @@ class SpuIndex:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomic(path, text)

@@ -8,8 +8,6 @@ fraction of the cost (and without dropout noise in the targets).
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,6 +16,8 @@ from typing import Sequence
 import numpy as np
 import torch
 from open_clip.loss import ClipLoss
+
+from data.files import atomic_path
 
 from embeddings.encoder import Encoder, ImageInput, load_image
 
@@ -138,12 +138,6 @@ def save_tower_checkpoint(model: torch.nn.Module, path: str | Path, meta: dict |
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().clone() for k, v in model.state_dict().items() if not k.startswith("text.")}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save({"state_dict": state, "meta": meta or {}}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path

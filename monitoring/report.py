@@ -6,11 +6,11 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
-import tempfile
 from pathlib import Path
 
 import polars as pl
+
+from data.files import write_atomic
 
 WORST_SHOWN = 25
 TRENDS_SHOWN = 6
@@ -86,12 +86,4 @@ padding:2px 8px;margin-right:6px}}.trends img{{margin:4px}}</style></head><body>
 
 
 def write_report(folder: str | Path, sweep: dict, results: pl.DataFrame, market: pl.DataFrame) -> Path:
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{sweep['sweep_id']}.html"
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(render_report(sweep, results, market))
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is for the desk to read
-    os.replace(tmp, path)
-    return path
+    return write_atomic(Path(folder) / f"{sweep['sweep_id']}.html", render_report(sweep, results, market))
