@@ -34,6 +34,8 @@ MODEL_TAG = os.environ.get("PLEDGEVAL_MODEL", "pledgeval:latest")
 WORST_SHOWN = 10
 INLINE_BATCH = 16  # known-SPU requests up to this size are answered on the event loop
 DEMO_DIR = Path(os.environ.get("PLEDGEVAL_DEMO_DIR", "var/demo"))
+# `pledgeval backtest` writes its report here (its --report default); the desk's book view links it
+BACKTEST_REPORT = Path(os.environ.get("PLEDGEVAL_BACKTEST_REPORT", "var/reports/backtest.html"))
 
 
 def _load_model():
@@ -83,6 +85,13 @@ def _sweep_report(request: Request) -> HTMLResponse:
     return HTMLResponse(SERVICE_STATE["service"].sweep_report(request.path_params["sweep_id"]))
 
 
+def _backtest_report(request: Request) -> Response:
+    if not BACKTEST_REPORT.is_file():
+        return JSONResponse({"error": f"no backtest report at {BACKTEST_REPORT}: run `pledgeval backtest` "
+                                      "(or bench/backtest.py) first"}, status_code=HTTPStatus.NOT_FOUND)
+    return HTMLResponse(BACKTEST_REPORT.read_text())
+
+
 def _catalog_image(request: Request) -> Response:
     return Response(SERVICE_STATE["service"].catalog_thumbnail(request.path_params["spu_id"]),
                     media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
@@ -99,6 +108,7 @@ positions_app = Starlette(routes=[Route("/{position_id}/health", _position_healt
                           exception_handlers={BentoMLException: _http_errors})
 sweeps_app = Starlette(routes=[Route("/{sweep_id}", _sweep_status), Route("/{sweep_id}/report", _sweep_report)],
                        exception_handlers={BentoMLException: _http_errors})
+reports_app = Starlette(routes=[Route("/backtest", _backtest_report)])
 catalog_app = Starlette(routes=[Route("/{spu_id}/image", _catalog_image)], exception_handlers={BentoMLException: _http_errors})
 # The desk page: static HTML/CSS/JS that calls the routes above with the key the officer enters.
 desk_app = Starlette(routes=[Mount("/", StaticFiles(directory=Path(__file__).with_name("desk"), html=True))])
@@ -110,6 +120,7 @@ desk_app = Starlette(routes=[Mount("/", StaticFiles(directory=Path(__file__).wit
 @bentoml.asgi_app(positions_app, path="/positions")
 @bentoml.asgi_app(sweeps_app, path="/sweeps")
 @bentoml.asgi_app(catalog_app, path="/catalog")
+@bentoml.asgi_app(reports_app, path="/reports")
 @bentoml.asgi_app(desk_app, path="/desk")
 class PledgeService:
     def __init__(self) -> None:

@@ -12,7 +12,7 @@ import shutil
 import time
 from collections.abc import KeysView
 from dataclasses import asdict, dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import joblib
@@ -25,14 +25,15 @@ from embeddings.encoder import ImageError
 from embeddings.features import ORDER_FEATURES
 from embeddings.matching import best_candidate
 from valuation.policy import HAIRCUT_PARTS, AdmissionPolicy, HaircutPolicy, load_policy
+from valuation.recovery import LEARNED_COLUMNS, LearnedHaircut, neighbours_from
 from valuation.training import ValueModel, forward_prices, launch_prices
 
 MODEL_NAME = "pledgeval"
-FORMAT_VERSION = 2  # 2: value heads price from comparables by title and by image
+FORMAT_VERSION = 3  # 2: value heads price from comparables by title and by image; 3: learned haircut
 N_COMPARABLES_SHOWN = 3
 MAX_BATCH = 1000
-ANSWER_COLUMNS = ["value", "value_low", "value_high", "head", "haircut", *HAIRCUT_PARTS, "pledge_unit_price",
-                  "quantity", "pledge_value", "days_to_sell", "decision", "reasons", "matched_spu_id", "match_score",
+ANSWER_COLUMNS = ["value", "value_low", "value_high", "head", "haircut", *HAIRCUT_PARTS, *LEARNED_COLUMNS,
+                  "pledge_unit_price", "quantity", "pledge_value", "days_to_sell", "decision", "reasons", "matched_spu_id", "match_score",
                   "category", "comparables"]
 ORDER_WINDOW_DAYS = 90  # embeddings.features.order_features' window: velocity is units per day over it
 
@@ -56,6 +57,7 @@ class PledgeModel:
     policy: dict
     metrics: dict = field(default_factory=dict)
     data_fingerprint: str = ""
+    recovery: LearnedHaircut | None = None  # the learned haircut; None: the rule haircut for every SPU
 
     # -- training -----------------------------------------------------------------------------
     @classmethod
@@ -89,9 +91,29 @@ class PledgeModel:
         metrics = {"n_spus": spus.height, "n_priced": launch.height, "train_seconds": round(time.monotonic() - started, 1),
                    "cold_head": values.cold.head_.chosen_, "cold_cv_mae_log": values.cold.head_.cv_mae_,
                    "warm_head": values.warm.head_.chosen_ if values.warm else None}
-        return cls(encoder_config=encoder.config, embedder=embedder, index=index, catalog=vectors, side=side,
-                   values=values, policy=policy or load_policy(), metrics=metrics,
-                   data_fingerprint=_fingerprint_tables(tables))
+        model = cls(encoder_config=encoder.config, embedder=embedder, index=index, catalog=vectors, side=side,
+                    values=values, policy=policy or load_policy(), metrics=metrics,
+                    data_fingerprint=_fingerprint_tables(tables))
+        if "recovery" in model.policy:
+            log and log("learning the haircut from past pseudo-pledges ...")
+            model.recovery = model._learn_haircut(orders, model.policy["recovery"])
+            metrics["recovery_examples"] = getattr(model.recovery, "n_examples", 0)
+            metrics["recovery_spus"] = model.recovery.state.height if model.recovery else 0
+        metrics["train_seconds"] = round(time.monotonic() - started, 1)
+        return model
+
+    def _learn_haircut(self, orders: pl.DataFrame, config: dict) -> LearnedHaircut | None:
+        """Trained on the order history up to the end of its last day, with comparables from the SPU index
+        and the value model's interval width per SPU."""
+        last = orders["ordered_at"].max()
+        until = datetime.combine(last.date(), datetime.min.time()) + timedelta(days=1)
+        valued = self.catalog_values()
+        uncertainty = valued.select("spu_id", ((pl.col("value_high") - pl.col("value_low")) / pl.col("value"))
+                                    .alias("value_uncertainty"))
+        k = config["neighbours"]
+        hits = self.index.search(self.catalog.content, min(len(self.index), k + 1))
+        return LearnedHaircut.train(orders, until, neighbours_from(self.catalog.spu_ids, hits, k), uncertainty,
+                                    config)
 
     # -- pricing ------------------------------------------------------------------------------
     def price(self, requests: pl.DataFrame | list[dict]) -> pl.DataFrame:
@@ -187,7 +209,10 @@ class PledgeModel:
         priced = parts[0] if len(parts) == 1 else pl.concat(parts, how="diagonal_relaxed").sort("row")
         quantity = np.array([int(rows[r].get("quantity") or 1) for r in priced["row"].to_list()], dtype=np.int64)
         priced = priced.hstack([pl.Series("quantity", quantity), priced["matched_spu_id"].is_not_null().alias("matched")])
-        priced = self._admission.apply(self._haircut.apply(priced))
+        priced = self._haircut.apply(priced)
+        priced = self.recovery.apply(priced, self._haircut.config["floor"], self._haircut.config["cap"]) \
+            if self.recovery is not None else LearnedHaircut.absent(priced)
+        priced = self._admission.apply(priced)
         priced = priced.hstack([pl.Series("pledge_value", priced["pledge_unit_price"].to_numpy() * quantity)])
         if priced.height == len(rows):  # the common case: every item priced, already in request order
             return priced.select(ANSWER_COLUMNS).insert_column(0, answered["spu_id"]).hstack([answered["error"]])
@@ -266,6 +291,7 @@ class PledgeModel:
         c.order_features.write_parquet(folder / "order_features.parquet")
         self.side.write_parquet(folder / "side.parquet")
         joblib.dump(self.values, folder / "values.joblib")
+        joblib.dump(self.recovery, folder / "recovery.joblib")
         (folder / "model.json").write_text(json.dumps({
             "format": FORMAT_VERSION, "encoder": config, "fingerprint": self.embedder.encoder.fingerprint,
             "embedder": self.embedder.state(), "policy": self.policy, "metrics": self.metrics,
@@ -298,7 +324,8 @@ class PledgeModel:
                              rating=arrays["rating"], n_reviews=arrays["n_reviews"])
         return cls(encoder_config=encoder_config, embedder=embedder, index=index, catalog=catalog,
                    side=pl.read_parquet(folder / "side.parquet"), values=joblib.load(folder / "values.joblib"),
-                   policy=meta["policy"], metrics=meta["metrics"], data_fingerprint=meta["data_fingerprint"])
+                   policy=meta["policy"], metrics=meta["metrics"], data_fingerprint=meta["data_fingerprint"],
+                   recovery=joblib.load(folder / "recovery.joblib"))
 
     def save_to_store(self, labels: dict | None = None) -> str:
         """Save as a BentoML model ``pledgeval:<version>``; returns the tag."""

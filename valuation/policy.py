@@ -70,13 +70,17 @@ class AdmissionPolicy:
     """accept / review / reject with machine-readable reasons (a list of codes per row).
 
     reject: category_not_financeable, illiquid, haircut_at_cap; review: novel (no same-SPU match and a
-    wide interval), slow_to_sell, volatile, negative_reviews, no_history, wide_interval.
+    wide interval), slow_to_sell, volatile, negative_reviews, no_history, wide_interval; where the haircut
+    was learned (``haircut_source``), review only on breach_risk (breach probability above the policy's).
     Needs the haircut columns plus value_high, negativity and matched."""
 
     REJECT = ("category_not_financeable", "illiquid", "haircut_at_cap")
 
     def __init__(self, policy: dict | None = None):
-        self.config = (policy or load_policy())["admission"]
+        policy = policy or load_policy()
+        self.config = policy["admission"]
+        # a learned haircut answers with its breach probability; above this the request goes to review
+        self.max_breach_probability = 1.0 - policy.get("recovery", {}).get("confidence", 0.0)
 
     def apply(self, frame: pl.DataFrame) -> pl.DataFrame:
         """``frame`` plus reasons and decision (it must not have them yet)."""
@@ -97,6 +101,15 @@ class AdmissionPolicy:
             "no_history": np.isnan(volatility) & np.isnan(per_day),
             "wide_interval": wide | np.isnan(width),  # ... but an unknown width is never taken as narrow
         }
+        # Where the haircut was learned from recoveries, the risks the review checks look for (slow sales,
+        # volatility, a wide interval, ...) are priced in: the decision rests on the breach probability.
+        learned = (frame["haircut_source"] == "learned").to_numpy() if "haircut_source" in frame.columns \
+            else np.zeros(frame.height, dtype=bool)
+        for name in checks:
+            if name not in self.REJECT:
+                checks[name] = checks[name] & ~learned
+        if learned.any():
+            checks["breach_risk"] = learned & (_floats(frame, "breach_probability") > self.max_breach_probability + 1e-9)
         names, masks = list(checks), np.column_stack(list(checks.values()))
         reasons = [[names[k] for k in np.flatnonzero(row)] for row in masks]
         rejected = masks[:, [names.index(r) for r in self.REJECT]].any(axis=1)

@@ -138,8 +138,13 @@ async function renderPrice(a) {
   reasons.replaceChildren(...(a.reasons || []).map((r) => li(r)));
   $("r-haircut").textContent = pct(a.haircut);
   const parts = $("r-haircut-parts").tBodies[0];
-  parts.replaceChildren(...["haircut_base", "haircut_market", "haircut_liquidity", "haircut_uncertainty"].map(
-    (name) => row([name.replace("haircut_", ""), pct(a[name])])));
+  // a learned haircut has its own parts (recovery, value above market); the rule parts are null then
+  const partNames = ["haircut_base", "haircut_market", "haircut_liquidity", "haircut_uncertainty",
+    "haircut_recovery", "haircut_value_gap"];
+  parts.replaceChildren(...partNames.filter((name) => a[name] != null).map(
+    (name) => row([name.replace("haircut_", "").replace("_", " "), pct(a[name])])),
+    ...(a.haircut_drivers || []).map((d) => row([`moved by ${d.feature.replaceAll("_", " ")}`,
+      `${d.effect >= 0 ? "+" : ""}${pct(d.effect)}`])));
   const box = $("r-comparables");
   box.replaceChildren();
   for (const c of a.comparables || []) {
@@ -178,6 +183,7 @@ async function loadBook() {
     $("b-grades").replaceChildren(...Object.entries(s.grades).map(([g, n]) => text("span", `${g}: ${n}`, "pill")));
     $("b-report").onclick = (event) => { event.preventDefault(); openReport(sweep.report_url); };
     $("b-report").href = sweep.report_url;
+    $("b-backtest").onclick = (event) => { event.preventDefault(); openReport("/reports/backtest"); };
     const body = $("b-worst").tBodies[0];
     body.replaceChildren(...sweep.worst.map((w) => {
       const link = document.createElement("a");

@@ -1,0 +1,375 @@
+"""What a lender recovers when it sells pledged stock after a default, and the haircut learned from it.
+
+A pledge at time t of Q units of an SPU whose market price is P (median unit price of its sales in the 30
+days before t): if the borrower defaults at t, the lender sells up to Q units in the order and at the unit
+prices the market actually paid over the next H days; units still unsold then fetch ``salvage x P`` (a
+jobber's price). R is the recovery per unit and R / P the **recovery ratio**.
+
+``RecoveryModel`` learns the lower quantile of R / P at the policy's confidence (quantile gradient boosting)
+from past **pseudo-pledges**: every week whose horizon closed before the training data ends, each SPU on
+sale then pledged at 0.5, 1 and 2 times its last 30 days of sales. The latest weeks conformalise it
+(one-sided conformalised quantile regression, required to hold on each of those weeks): their residuals
+shift the quantile so that the bound holds with the asked confidence, and give the breach probability at
+any offered price.
+Only outcomes a lender could have seen by the end of the training data are used.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta
+
+import numpy as np
+import polars as pl
+from sklearn.base import BaseEstimator
+from sklearn.ensemble import HistGradientBoostingRegressor
+
+from embeddings.features import order_features
+
+PRICE_WINDOW_DAYS = 30   # P and Q: the 30 days before the pledge
+HISTORY_DAYS = 90        # eligibility and sales-rate features: the 90 days before the pledge
+AGE_CAP_DAYS = 60        # SPUs older than this count as established
+MIN_ACTIVE_DAYS = 5      # an SPU is lendable on history only if it sold on at least this many days of 90
+MARKET_FEATURES = ("log_price", "units_per_day_30", "units_per_day_90", "velocity_trend", "active_share_90",
+                   "days_since_last_sale", "age_days", "volatility", "price_trend", "price_dispersion",
+                   "unit_price_ratio_30", "unit_price_ratio_90", "low_price_ratio_90", "top_line_share_30", "lines_30")
+HISTORY_FEATURES = ("own_recovery", "own_recovery_n", "comp_recovery", "comp_recovery_n")
+FEATURES = (*MARKET_FEATURES, "days_of_cover", "value_uncertainty", *HISTORY_FEATURES)
+# what an answer carries about the learned haircut (null where the rule haircut applied)
+LEARNED_COLUMNS = ("haircut_source", "haircut_recovery", "haircut_value_gap", "market_price", "breach_probability",
+                   "haircut_drivers")
+DRIVER_TYPE = pl.List(pl.Struct({"feature": pl.String, "value": pl.Float64, "effect": pl.Float64}))
+
+
+def sales_lines(orders: pl.DataFrame) -> pl.DataFrame:
+    """Lines the market actually paid: not cancelled, positive quantity and finite positive price."""
+    return (orders.lazy().filter(~pl.col("cancelled").fill_null(False) & (pl.col("quantity") > 0)
+                                 & (pl.col("unit_price") > 0) & pl.col("unit_price").is_finite())
+            .select("order_id", "spu_id", "quantity", "unit_price", "ordered_at").collect())
+
+
+def market_snapshot(lines: pl.DataFrame, at: datetime) -> pl.DataFrame:
+    """Per SPU sold before ``at``, what a lender knows at ``at``: the price P, the units of the last 30 days
+    (the pledged quantity of a backtest), active days and the market features of the recovery model."""
+    seen = lines.lazy().filter(pl.col("ordered_at") < at)
+    days_ago = (pl.lit(at) - pl.col("ordered_at")).dt.total_seconds() / 86400.0
+    recent, last30 = days_ago < HISTORY_DAYS, days_ago < PRICE_WINDOW_DAYS
+    state = (seen.group_by("spu_id").agg(
+        pl.col("ordered_at").min().alias("first_sale"), pl.col("ordered_at").max().alias("last_sale"),
+        pl.col("unit_price").filter(last30).median().alias("price"),
+        pl.col("unit_price").filter(recent).median().alias("price_90"),
+        pl.col("quantity").filter(last30).sum().alias("units_30"),
+        pl.col("quantity").filter(recent).sum().alias("units_90"),
+        pl.col("ordered_at").filter(recent).dt.date().n_unique().alias("active_days_90"),
+        pl.col("unit_price").filter(last30).log().std().alias("price_dispersion"),
+        # what a unit fetched on average (big orders buy at lower tiers) against P, the median of lines
+        ((pl.col("unit_price") * pl.col("quantity")).filter(last30).sum()).alias("_revenue_30"),
+        ((pl.col("unit_price") * pl.col("quantity")).filter(recent).sum()).alias("_revenue_90"),
+        pl.col("unit_price").filter(recent).quantile(0.1).alias("_low_price_90"),
+        pl.col("quantity").filter(last30).max().alias("_top_line_30"),
+        pl.col("quantity").filter(last30).len().alias("lines_30"),
+    ).collect())
+    # volatility is the catalogue's own definition (weekly medians), over the same 90 days
+    volatility = order_features(lines.with_columns(pl.lit(False).alias("cancelled")),
+                                as_of=at - timedelta(microseconds=1), window_days=HISTORY_DAYS)
+    return (state.join(volatility.select("spu_id", "volatility"), on="spu_id", how="left", maintain_order="left")
+            .with_columns(
+                pl.col("price").log().alias("log_price"),
+                (pl.col("units_30") / PRICE_WINDOW_DAYS).alias("units_per_day_30"),
+                (pl.col("units_90") / HISTORY_DAYS).alias("units_per_day_90"),
+                ((pl.col("units_30") / PRICE_WINDOW_DAYS) / (pl.col("units_90") / HISTORY_DAYS)).alias("velocity_trend"),
+                (pl.col("active_days_90") / HISTORY_DAYS).alias("active_share_90"),
+                ((pl.lit(at) - pl.col("last_sale")).dt.total_seconds() / 86400.0).alias("days_since_last_sale"),
+                # capped: the data's first day censors every older SPU's age, so past the cap only
+                # "not new" is known, the same in a short training history as in a long one
+                ((pl.lit(at) - pl.col("first_sale")).dt.total_seconds() / 86400.0).clip(None, AGE_CAP_DAYS)
+                .alias("age_days"),
+                (pl.col("price") / pl.col("price_90")).log().alias("price_trend"),
+                (pl.col("_revenue_30") / pl.col("units_30") / pl.col("price")).alias("unit_price_ratio_30"),
+                (pl.col("_revenue_90") / pl.col("units_90") / pl.col("price")).alias("unit_price_ratio_90"),
+                (pl.col("_low_price_90") / pl.col("price")).alias("low_price_ratio_90"),
+                (pl.col("_top_line_30") / pl.col("units_30")).alias("top_line_share_30"))
+            .drop("_revenue_30", "_revenue_90", "_low_price_90", "_top_line_30")
+            .sort("spu_id"))
+
+
+def eligible(snapshot: pl.DataFrame, min_active_days: int = MIN_ACTIVE_DAYS) -> pl.DataFrame:
+    """SPUs a lender can value from their own sales: sold on >= ``min_active_days`` of the last 90 and
+    in the last 30 days (so P and Q exist)."""
+    return snapshot.filter((pl.col("active_days_90") >= min_active_days) & (pl.col("units_30") > 0)
+                           & pl.col("price").is_not_null())
+
+
+def liquidate(lines: pl.DataFrame, positions: pl.DataFrame, start: datetime, horizon_days: int,
+              salvage: float) -> pl.DataFrame:
+    """Sell each position after a default at ``start``. ``positions``: spu_id, quantity, price (P), one
+    row per position (several per SPU allowed). Adds units_sold_back, recovery (per unit) and recovery_ratio
+    (recovery / P). Sales are taken in time order from [start, start + horizon_days)."""
+    keyed = positions.with_row_index("_position")
+    window = lines.lazy().filter((pl.col("ordered_at") >= start)
+                                 & (pl.col("ordered_at") < start + timedelta(days=horizon_days)))
+    sold = (keyed.lazy().select("_position", "spu_id", pl.col("quantity").alias("_q"))
+            .join(window, on="spu_id", how="inner")
+            .sort("_position", "ordered_at", "order_id")
+            .with_columns(pl.col("quantity").cum_sum().over("_position").alias("_through"))
+            # units this line takes: what is still unsold before it, at most the line's quantity
+            .with_columns((pl.col("_q") - pl.col("_through") + pl.col("quantity")).clip(0, None)
+                          .clip(None, pl.col("quantity")).alias("_take"))
+            .group_by("_position").agg(pl.col("_take").sum().alias("units_sold_back"),
+                                       (pl.col("_take") * pl.col("unit_price")).sum().alias("_proceeds"))
+            .collect())
+    out = (keyed.join(sold, on="_position", how="left", maintain_order="left")
+           .with_columns(pl.col("units_sold_back").fill_null(0), pl.col("_proceeds").fill_null(0.0))
+           .with_columns(((pl.col("_proceeds") + (pl.col("quantity") - pl.col("units_sold_back"))
+                           * salvage * pl.col("price")) / pl.col("quantity")).alias("recovery"))
+           .with_columns((pl.col("recovery") / pl.col("price")).alias("recovery_ratio")))
+    return out.drop("_position", "_proceeds")
+
+
+def pseudo_pledge_dates(first: datetime, until: datetime, horizon_days: int, every_days: int,
+                        warmup_days: int = PRICE_WINDOW_DAYS) -> list[datetime]:
+    """Weekly pledge dates whose horizon closed by ``until`` (latest first in time order: oldest first)."""
+    dates, at = [], until - timedelta(days=horizon_days)
+    while at >= first + timedelta(days=warmup_days):
+        dates.append(at)
+        at -= timedelta(days=every_days)
+    return dates[::-1]
+
+
+def pseudo_pledges(lines: pl.DataFrame, until: datetime, *, horizon_days: int, salvage: float, every_days: int = 7,
+                   multiples: tuple[float, ...] = (0.5, 1.0, 2.0), min_active_days: int = MIN_ACTIVE_DAYS) -> pl.DataFrame:
+    """Past pledges whose outcome was known by ``until``: one row per (date, SPU, quantity multiple) with
+    the market features at that date and the realised recovery ratio. Only lines before ``until`` are read."""
+    lines = lines.filter(pl.col("ordered_at") < until)
+    if lines.height == 0:
+        return pl.DataFrame()
+    frames = []
+    for at in pseudo_pledge_dates(lines["ordered_at"].min(), until, horizon_days, every_days):
+        snap = eligible(market_snapshot(lines, at), min_active_days)
+        if snap.height == 0:
+            continue
+        book = pl.concat([snap.with_columns((pl.col("units_30") * m).round().clip(1, None).cast(pl.Int64)
+                                            .alias("quantity"), pl.lit(m).alias("multiple")) for m in multiples])
+        frames.append(liquidate(lines, book, at, horizon_days, salvage).with_columns(pl.lit(at).alias("pledged_at")))
+    return pl.concat(frames) if frames else pl.DataFrame()
+
+
+def with_history(examples: pl.DataFrame, neighbours: pl.DataFrame, horizon_days: int) -> pl.DataFrame:
+    """Adds own_recovery(_n) and comp_recovery(_n): the mean recovery ratio (at 1x quantity) of the SPU's
+    own and its comparables' pseudo-pledges whose horizon had closed by each example's date.
+    ``neighbours``: spu_id, neighbour (an SPU is never its own neighbour)."""
+    closed = (examples.filter(pl.col("multiple") == 1.0)
+              .select("spu_id", (pl.col("pledged_at") + timedelta(days=horizon_days)).alias("closed_at"),
+                      "recovery_ratio")
+              .sort("spu_id", "closed_at")
+              .with_columns(pl.col("recovery_ratio").cum_sum().over("spu_id").alias("_sum"),
+                            pl.int_range(1, pl.len() + 1).over("spu_id").alias("_n"))
+              .select("spu_id", "closed_at", "_sum", "_n").sort("closed_at"))
+    keyed = examples.with_row_index("_example")
+
+    def seen_by(frame: pl.DataFrame, key: str) -> pl.DataFrame:
+        # the last cumulative row of `key`'s history closed at or before the example's pledge date
+        return frame.sort("pledged_at").join_asof(closed.rename({"spu_id": key}), left_on="pledged_at",
+                                                  right_on="closed_at", by=key, strategy="backward",
+                                                  check_sortedness=False)  # both sorted by date above
+
+    own = seen_by(keyed.select("_example", "spu_id", "pledged_at"), "spu_id").select(
+        "_example", (pl.col("_sum") / pl.col("_n")).alias("own_recovery"), pl.col("_n").fill_null(0).alias("own_recovery_n"))
+    pairs = keyed.select("_example", "spu_id", "pledged_at").join(neighbours, on="spu_id", how="inner")
+    comp = (seen_by(pairs, "neighbour").group_by("_example")
+            .agg((pl.col("_sum").sum() / pl.col("_n").sum()).alias("comp_recovery"),
+                 pl.col("_n").sum().fill_null(0).alias("comp_recovery_n")))
+    return (keyed.join(own, on="_example", how="left").join(comp, on="_example", how="left")
+            .with_columns(pl.col("own_recovery_n").fill_null(0), pl.col("comp_recovery_n").fill_null(0))
+            .sort("_example").drop("_example"))
+
+
+def history_now(examples: pl.DataFrame, neighbours: pl.DataFrame, spu_ids: list[str]) -> pl.DataFrame:
+    """The same history features for pricing after the training data: every closed pseudo-pledge counts."""
+    closed = (examples.filter(pl.col("multiple") == 1.0).group_by("spu_id")
+              .agg(pl.col("recovery_ratio").sum().alias("_sum"), pl.len().alias("_n")))
+    base = pl.DataFrame({"spu_id": spu_ids}, schema={"spu_id": pl.String})
+    own = base.join(closed, on="spu_id", how="left", maintain_order="left").select(
+        "spu_id", (pl.col("_sum") / pl.col("_n")).alias("own_recovery"), pl.col("_n").fill_null(0).alias("own_recovery_n"))
+    comp = (base.join(neighbours, on="spu_id", how="inner")
+            .join(closed.rename({"spu_id": "neighbour"}), on="neighbour", how="left")
+            .group_by("spu_id").agg((pl.col("_sum").sum() / pl.col("_n").sum()).alias("comp_recovery"),
+                                    pl.col("_n").sum().fill_null(0).alias("comp_recovery_n")))
+    return (own.join(comp, on="spu_id", how="left", maintain_order="left")
+            .with_columns(pl.col("comp_recovery_n").fill_null(0)))
+
+
+class RecoveryModel(BaseEstimator):
+    """Lower bound of the recovery ratio R / P that holds with probability ``confidence``.
+
+    ``fit(X, y, order)``: ``order`` is each example's pledge date; the latest ``calibration_share`` of the
+    dates calibrate (one-sided CQR), the earlier ones train the quantile model that answers."""
+
+    def __init__(self, confidence: float = 0.99, calibration_share: float = 0.3, max_iter: int = 200,
+                 min_samples_leaf: int = 100, random_state: int = 0):
+        self.confidence = confidence
+        self.calibration_share = calibration_share
+        self.max_iter = max_iter
+        self.min_samples_leaf = min_samples_leaf
+        self.random_state = random_state
+
+    def fit(self, X, y, order):
+        X, y, order = np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64), np.asarray(order)
+        dates = np.unique(order)
+        if len(dates) < 2:
+            raise ValueError(f"need pseudo-pledges on at least 2 dates to train and calibrate, got {len(dates)}")
+        n_cal = min(len(dates) - 1, max(1, round(self.calibration_share * len(dates))))
+        calibrate = order >= dates[-n_cal]
+        alpha = 1.0 - self.confidence
+        # a feature no training example has (e.g. own past recoveries in a short history) carries nothing
+        self.keep_ = ~np.all(np.isnan(X[~calibrate]), axis=0)
+        X = X[:, self.keep_]
+        self.quantile_ = HistGradientBoostingRegressor(
+            loss="quantile", quantile=alpha, max_iter=self.max_iter, learning_rate=0.05,
+            min_samples_leaf=self.min_samples_leaf, l2_regularization=1.0, random_state=self.random_state,
+        ).fit(X[~calibrate], y[~calibrate])
+        residuals = y[calibrate] - self.quantile_.predict(X[calibrate])
+        self.residuals_ = np.sort(residuals)
+        # The bound must hold on each calibration date, not only on their pool: goods fail together in a
+        # bad week, and a pooled shift lets a calm week hide it. Per date, the k-th smallest residual:
+        # P(new residual < it) <= (k - 1) / (n + 1) < alpha; the most cautious date sets the shift.
+        shifts = []
+        for when in dates[-n_cal:]:
+            on_date = np.sort(residuals[order[calibrate] == when])
+            shifts.append(float(on_date[max(1, math.floor((len(on_date) + 1) * alpha)) - 1]))
+        self.exact_ = min(np.sum(order[calibrate] == d) for d in dates[-n_cal:]) + 1 >= 1 / alpha
+        self.shift_ = min(shifts)
+        # each kept feature's training distribution, as 16 quantiles: what "a typical SPU" has instead
+        with np.errstate(all="ignore"):
+            self.reference_ = np.nanquantile(X[~calibrate], (np.arange(16) + 0.5) / 16, axis=0)
+        self.n_train_, self.n_calibration_ = int((~calibrate).sum()), len(residuals)
+        self.calibration_from_ = dates[-n_cal]
+        return self
+
+    def _quantile(self, X) -> np.ndarray:
+        return self.quantile_.predict(np.asarray(X, dtype=np.float64)[:, self.keep_])
+
+    def lower(self, X) -> np.ndarray:
+        """The recovery ratio the stock fetches at least, with probability ``confidence``."""
+        return np.clip(self._quantile(X) + self.shift_, 0.0, None)
+
+    def breach_probability(self, X, ratio) -> np.ndarray:
+        """P(recovery ratio < ``ratio``) per row, from the calibration residuals (conservative by one)."""
+        need = np.asarray(ratio, dtype=np.float64) - self._quantile(X)
+        # float noise must not count the residual the bound sits on (many tie: unsold stock is exactly salvage)
+        below = np.searchsorted(self.residuals_, need - 1e-9, side="left")
+        return np.minimum((below + 1) / (len(self.residuals_) + 1), 1.0)
+
+    def drivers(self, X, names=FEATURES, top: int = 3) -> list[list[dict]]:
+        """Per row, the features that moved its bound most: each feature in turn is replaced by values drawn
+        from its training distribution; ``effect`` is how much the row's own value adds to the haircut (in
+        units of the market price) against that typical bound."""
+        X = np.asarray(X, dtype=np.float64)
+        n, f = X.shape
+        kept = np.flatnonzero(self.keep_)
+        m = len(self.reference_)
+        probes = np.repeat(X[:, None, None, :], len(kept), axis=1).repeat(m, axis=2)  # (n, kept, m, f)
+        for k, j in enumerate(kept):
+            probes[:, k, :, j] = self.reference_[:, k]
+        typical = self.lower(probes.reshape(-1, f)).reshape(n, len(kept), m).mean(axis=2)
+        effect = np.zeros((n, f))
+        effect[:, kept] = typical - self.lower(X)[:, None]  # > 0: this row's value lowers the bound
+        out = []
+        for i in range(n):
+            picked = [j for j in np.argsort(-np.abs(effect[i]))[:top] if abs(effect[i, j]) > 5e-4]
+            out.append([{"feature": names[j], "value": None if np.isnan(X[i, j]) else round(float(X[i, j]), 4),
+                         "effect": round(float(effect[i, j]), 4)} for j in picked])
+        return out
+
+
+def feature_matrix(frame: pl.DataFrame) -> np.ndarray:
+    """FEATURES as a float matrix; days of cover = pledged quantity / the last 90 days' units per day."""
+    return frame.with_columns((pl.col("quantity") / pl.col("units_per_day_90")).alias("days_of_cover")) \
+        .select(pl.col(FEATURES).cast(pl.Float64)).to_numpy()
+
+
+def neighbours_from(spu_ids: list[str], hits: list[pl.DataFrame], k: int) -> pl.DataFrame:
+    """spu_id -> its ``k`` nearest other SPUs, from index search results (one frame of hits per SPU)."""
+    pairs = [(s, n) for s, h in zip(spu_ids, hits) for n in [x for x in h["spu_id"].to_list() if x != s][:k]]
+    return pl.DataFrame(pairs, schema={"spu_id": pl.String, "neighbour": pl.String}, orient="row")
+
+
+class LearnedHaircut:
+    """Pricing with the recovery model: each known SPU's market state at the end of the training data,
+    and the pledge price = lower recovery ratio x min(value, market price P)."""
+
+    def __init__(self, model: RecoveryModel, state: pl.DataFrame, config: dict):
+        self.model, self.state, self.config = model, state, config
+        self._row = {s: i for i, s in enumerate(state["spu_id"].to_list())}
+
+    @classmethod
+    def train(cls, orders: pl.DataFrame, until: datetime, neighbours: pl.DataFrame,
+              value_uncertainty: pl.DataFrame, config: dict) -> "LearnedHaircut | None":
+        """From order history before ``until``; ``value_uncertainty``: spu_id, value_uncertainty (the value
+        model's relative interval width). None when the history has too few closed pseudo-pledges."""
+        lines = sales_lines(orders)
+        examples = pseudo_pledges(lines, until, horizon_days=config["horizon_days"], salvage=config["salvage"],
+                                  every_days=config["every_days"], multiples=tuple(config["quantity_multiples"]),
+                                  min_active_days=config["min_active_days"])
+        if examples.height < config["min_examples"] or examples["pledged_at"].n_unique() < 2:
+            return None
+        examples = (with_history(examples, neighbours, config["horizon_days"])
+                    .join(value_uncertainty, on="spu_id", how="left", maintain_order="left"))
+        model = RecoveryModel(confidence=config["confidence"], calibration_share=config["calibration_share"]).fit(
+            feature_matrix(examples), examples["recovery_ratio"].to_numpy(),
+            examples["pledged_at"].dt.epoch("s").to_numpy())
+        now = eligible(market_snapshot(lines, until), config["min_active_days"])
+        state = (now.join(history_now(examples, neighbours, now["spu_id"].to_list()), on="spu_id", how="left",
+                          maintain_order="left")
+                 .join(value_uncertainty, on="spu_id", how="left", maintain_order="left")
+                 .select("spu_id", "price", *[f for f in FEATURES if f != "days_of_cover"]))
+        learned = cls(model, state, config)
+        learned.n_examples, learned.until = examples.height, until
+        return learned
+
+    def apply(self, frame: pl.DataFrame, floor: float, cap: float) -> pl.DataFrame:
+        """Overrides haircut and pledge price on the rows whose SPU (``matched_spu_id``) has a market state,
+        with the learned parts; adds haircut_source, market_price, haircut_recovery, haircut_value_gap,
+        breach_probability and haircut_drivers (null on the other rows)."""
+        at = [self._row.get(s) for s in frame["matched_spu_id"].to_list()]
+        rows = np.array([i for i, r in enumerate(at) if r is not None], dtype=np.int64)
+        n = frame.height
+        cols = {name: np.full(n, np.nan) for name in ("market_price", "haircut_recovery", "haircut_value_gap",
+                                                      "breach_probability")}
+        drivers: list = [None] * n
+        haircut, pledge = frame["haircut"].to_numpy().copy(), frame["pledge_unit_price"].to_numpy().copy()
+        at_cap = frame["haircut_at_cap"].to_numpy().copy()
+        learned = np.zeros(n, dtype=bool)
+        if len(rows):
+            state = self.state[[at[i] for i in rows]].with_columns(
+                pl.Series("quantity", frame["quantity"].to_numpy()[rows]))
+            X = feature_matrix(state)
+            ratio = self.model.lower(X)
+            price, value = state["price"].to_numpy(), frame["value"].to_numpy()[rows]
+            base = np.minimum(value, price)
+            h = np.clip(1 - ratio * base / value, floor, cap)
+            haircut[rows], pledge[rows], at_cap[rows] = h, value * (1 - h), h >= cap
+            cols["market_price"][rows] = price
+            cols["haircut_recovery"][rows] = 1 - ratio
+            cols["haircut_value_gap"][rows] = ratio * (1 - base / value)
+            cols["breach_probability"][rows] = self.model.breach_probability(X, value * (1 - h) / price)
+            for i, d in zip(rows, self.model.drivers(X)):
+                drivers[i] = d
+            learned[rows] = True
+        rule_parts = {p: frame[p].to_numpy().copy() for p in ("haircut_base", "haircut_market", "haircut_liquidity",
+                                                               "haircut_uncertainty")}
+        for values in rule_parts.values():
+            values[learned] = np.nan  # a learned haircut replaces the rule sum: its parts are the learned ones
+        return frame.with_columns(
+            pl.Series("haircut", haircut), pl.Series("pledge_unit_price", pledge), pl.Series("haircut_at_cap", at_cap),
+            *[pl.Series(k, v, nan_to_null=True) for k, v in rule_parts.items()],
+            *[pl.Series(k, v, nan_to_null=True) for k, v in cols.items()],
+            pl.Series("haircut_source", np.where(learned, "learned", "rules").tolist(), dtype=pl.String),
+            pl.Series("haircut_drivers", drivers, dtype=DRIVER_TYPE))
+
+    @staticmethod
+    def absent(frame: pl.DataFrame) -> pl.DataFrame:
+        """The learned columns of a model without a learned haircut: rules everywhere."""
+        return frame.with_columns(pl.lit("rules").alias("haircut_source"),
+                                  *[pl.lit(None, dtype=pl.Float64).alias(c) for c in LEARNED_COLUMNS[1:-1]],
+                                  pl.lit(None, dtype=DRIVER_TYPE).alias("haircut_drivers"))
