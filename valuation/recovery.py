@@ -251,19 +251,27 @@ class RecoveryModel(BaseEstimator):
 
     def lower(self, X) -> np.ndarray:
         """The recovery ratio the stock fetches at least, with probability ``confidence``."""
-        return np.clip(self._quantile(X) + self.shift_, 0.0, None)
+        return self._bound(self._quantile(X))
 
-    def breach_probability(self, X, ratio) -> np.ndarray:
-        """P(recovery ratio < ``ratio``) per row, from the calibration residuals (conservative by one)."""
-        need = np.asarray(ratio, dtype=np.float64) - self._quantile(X)
+    def _bound(self, quantile: np.ndarray) -> np.ndarray:
+        return np.clip(quantile + self.shift_, 0.0, None)
+
+    def breach_probability(self, X, ratio, quantile: np.ndarray | None = None) -> np.ndarray:
+        """P(recovery ratio < ``ratio``) per row, from the calibration residuals (conservative by one).
+        ``quantile``: the rows' uncorrected quantile, if already predicted."""
+        need = np.asarray(ratio, dtype=np.float64) - (self._quantile(X) if quantile is None else quantile)
         # float noise must not count the residual the bound sits on (many tie: unsold stock is exactly salvage)
         below = np.searchsorted(self.residuals_, need - 1e-9, side="left")
         return np.minimum((below + 1) / (len(self.residuals_) + 1), 1.0)
 
     def drivers(self, X, names=FEATURES, top: int = 3) -> list[list[dict]]:
-        """Per row, the features that moved its bound most: each feature in turn is replaced by values drawn
-        from its training distribution; ``effect`` is how much the row's own value adds to the haircut (in
-        units of the market price) against that typical bound."""
+        return self.explain(X, names, top)[1]
+
+    def explain(self, X, names=FEATURES, top: int = 3) -> tuple[np.ndarray, list[list[dict]]]:
+        """The rows' uncorrected quantile, and per row the features that moved its bound most: each feature
+        in turn is replaced by values drawn from its training distribution; ``effect`` is how much the
+        row's own value adds to the haircut (in units of the market price) against that typical bound.
+        One model call for all of it: a call costs about as much for one row as for hundreds."""
         X = np.asarray(X, dtype=np.float64)
         n, f = X.shape
         kept = np.flatnonzero(self.keep_)
@@ -271,15 +279,17 @@ class RecoveryModel(BaseEstimator):
         probes = np.repeat(X[:, None, None, :], len(kept), axis=1).repeat(m, axis=2)  # (n, kept, m, f)
         for k, j in enumerate(kept):
             probes[:, k, :, j] = self.reference_[:, k]
-        typical = self.lower(probes.reshape(-1, f)).reshape(n, len(kept), m).mean(axis=2)
+        quantiles = self._quantile(np.concatenate([X, probes.reshape(-1, f)]))
+        quantile, bound = quantiles[:n], self._bound(quantiles[:n])
+        typical = self._bound(quantiles[n:]).reshape(n, len(kept), m).mean(axis=2)
         effect = np.zeros((n, f))
-        effect[:, kept] = typical - self.lower(X)[:, None]  # > 0: this row's value lowers the bound
+        effect[:, kept] = typical - bound[:, None]  # > 0: this row's value lowers the bound
         out = []
         for i in range(n):
             picked = [j for j in np.argsort(-np.abs(effect[i]))[:top] if abs(effect[i, j]) > 5e-4]
             out.append([{"feature": names[j], "value": None if np.isnan(X[i, j]) else round(float(X[i, j]), 4),
                          "effect": round(float(effect[i, j]), 4)} for j in picked])
-        return out
+        return quantile, out
 
 
 def feature_matrix(frame: pl.DataFrame) -> np.ndarray:
@@ -301,6 +311,10 @@ class LearnedHaircut:
     def __init__(self, model: RecoveryModel, state: pl.DataFrame, config: dict):
         self.model, self.state, self.config = model, state, config
         self._row = {s: i for i, s in enumerate(state["spu_id"].to_list())}
+        # numpy copies for the request path (a polars step per request costs milliseconds)
+        self._features = feature_matrix(state.with_columns(pl.lit(np.nan).alias("quantity")))
+        self._price = state["price"].to_numpy()
+        self._per_day = state["units_per_day_90"].to_numpy()
 
     @classmethod
     def train(cls, orders: pl.DataFrame, until: datetime, neighbours: pl.DataFrame,
@@ -341,31 +355,34 @@ class LearnedHaircut:
         at_cap = frame["haircut_at_cap"].to_numpy().copy()
         learned = np.zeros(n, dtype=bool)
         if len(rows):
-            state = self.state[[at[i] for i in rows]].with_columns(
-                pl.Series("quantity", frame["quantity"].to_numpy()[rows]))
-            X = feature_matrix(state)
-            ratio = self.model.lower(X)
-            price, value = state["price"].to_numpy(), frame["value"].to_numpy()[rows]
+            state_rows = np.array([at[i] for i in rows])
+            X = self._features[state_rows].copy()
+            X[:, FEATURES.index("days_of_cover")] = frame["quantity"].to_numpy()[rows] / self._per_day[state_rows]
+            quantile, row_drivers = self.model.explain(X)
+            ratio = self.model._bound(quantile)
+            price, value = self._price[state_rows], frame["value"].to_numpy()[rows]
             base = np.minimum(value, price)
             h = np.clip(1 - ratio * base / value, floor, cap)
             haircut[rows], pledge[rows], at_cap[rows] = h, value * (1 - h), h >= cap
             cols["market_price"][rows] = price
             cols["haircut_recovery"][rows] = 1 - ratio
             cols["haircut_value_gap"][rows] = ratio * (1 - base / value)
-            cols["breach_probability"][rows] = self.model.breach_probability(X, value * (1 - h) / price)
-            for i, d in zip(rows, self.model.drivers(X)):
+            cols["breach_probability"][rows] = self.model.breach_probability(None, value * (1 - h) / price, quantile)
+            for i, d in zip(rows, row_drivers):
                 drivers[i] = d
             learned[rows] = True
         rule_parts = {p: frame[p].to_numpy().copy() for p in ("haircut_base", "haircut_market", "haircut_liquidity",
                                                                "haircut_uncertainty")}
         for values in rule_parts.values():
             values[learned] = np.nan  # a learned haircut replaces the rule sum: its parts are the learned ones
-        return frame.with_columns(
-            pl.Series("haircut", haircut), pl.Series("pledge_unit_price", pledge), pl.Series("haircut_at_cap", at_cap),
-            *[pl.Series(k, v, nan_to_null=True) for k, v in rule_parts.items()],
-            *[pl.Series(k, v, nan_to_null=True) for k, v in cols.items()],
-            pl.Series("haircut_source", np.where(learned, "learned", "rules").tolist(), dtype=pl.String),
-            pl.Series("haircut_drivers", drivers, dtype=DRIVER_TYPE))
+        replaced = [pl.Series("haircut", haircut), pl.Series("pledge_unit_price", pledge),
+                    pl.Series("haircut_at_cap", at_cap), *[pl.Series(k, v, nan_to_null=True) for k, v in rule_parts.items()]]
+        out = frame.clone()
+        for series in replaced:  # eager column swaps: a with_columns plan per request costs milliseconds
+            out.replace_column(out.get_column_index(series.name), series)
+        return out.hstack([*[pl.Series(k, v, nan_to_null=True) for k, v in cols.items()],
+                           pl.Series("haircut_source", np.where(learned, "learned", "rules").tolist(), dtype=pl.String),
+                           pl.Series("haircut_drivers", drivers, dtype=DRIVER_TYPE)])
 
     @staticmethod
     def absent(frame: pl.DataFrame) -> pl.DataFrame:
