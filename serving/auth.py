@@ -34,28 +34,52 @@ class ApiKeyMiddleware:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         path = scope.get("path", "")
         if self.key and path not in OPEN_PATHS and not path.startswith(OPEN_PREFIXES):
-            given = headers.get("x-api-key") or headers.get("authorization", "").removeprefix("Bearer ").strip()
-            if not hmac.compare_digest(given.encode(), self.key.encode()):
+            if not hmac.compare_digest(presented_key(headers).encode(), self.key.encode()):
                 return await JSONResponse({"error": "missing or wrong API key (send X-API-Key)"},
                                           status_code=401)(scope, receive, send)
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
             return await JSONResponse({"error": f"request body over {MAX_BODY_BYTES:,} bytes"},
                                       status_code=413)(scope, receive, send)
-        if length is None and scope.get("method") in ("POST", "PUT", "PATCH"):
-            receive = _limited(receive)
-        return await self.app(scope, receive, send)
+        if length is not None or scope.get("method") not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        # A body without Content-Length (chunked): stop reading past the limit and answer 413. The app's own
+        # error handling answers 500 to the exception first: that answer is held back, and the 413 sent.
+        limit = _Limit(receive)
+
+        async def guarded_send(message):
+            if not limit.exceeded:
+                await send(message)
+        try:
+            await self.app(scope, limit.receive, guarded_send)
+        except BodyTooLarge:
+            pass
+        if limit.exceeded:
+            await JSONResponse({"error": f"request body over {MAX_BODY_BYTES:,} bytes"},
+                               status_code=413)(scope, receive, send)
 
 
-def _limited(receive):
-    """For bodies without Content-Length: stop reading past the limit."""
-    seen = 0
+class BodyTooLarge(ValueError):
+    pass
 
-    async def wrapped():
-        nonlocal seen
-        message = await receive()
-        seen += len(message.get("body", b""))
-        if seen > MAX_BODY_BYTES:
-            raise ValueError(f"request body over {MAX_BODY_BYTES:,} bytes")
+
+def presented_key(headers: dict[str, str]) -> str:
+    """The key of ``X-API-Key``, or of ``Authorization: Bearer KEY`` (the scheme in any case); a bare
+    ``Authorization: KEY`` without a scheme is not a key."""
+    if "x-api-key" in headers:
+        return headers["x-api-key"].strip()
+    scheme, _, token = headers.get("authorization", "").strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+class _Limit:
+    def __init__(self, receive):
+        self._receive, self.seen, self.exceeded = receive, 0, False
+
+    async def receive(self):
+        message = await self._receive()
+        self.seen += len(message.get("body", b""))
+        if self.seen > MAX_BODY_BYTES:
+            self.exceeded = True
+            raise BodyTooLarge(f"request body over {MAX_BODY_BYTES:,} bytes")
         return message
-    return wrapped

@@ -1,0 +1,46 @@
+"""The API-key and body-size middleware on a bare Starlette app (no model needed)."""
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from serving.schemas import MAX_BODY_BYTES
+
+
+async def echo(request: Request) -> JSONResponse:
+    return JSONResponse({"bytes": len(await request.body())})
+
+
+@pytest.fixture
+def client(monkeypatch):
+    monkeypatch.setenv("PLEDGEVAL_API_KEY", "s3cret")
+    from serving.auth import ApiKeyMiddleware
+
+    return TestClient(ApiKeyMiddleware(Starlette(routes=[Route("/echo", echo, methods=["POST"])])))
+
+
+@pytest.mark.parametrize("headers", [{"X-API-Key": "s3cret"}, {"Authorization": "Bearer s3cret"},
+                                     {"Authorization": "bearer s3cret"}, {"Authorization": "BEARER  s3cret "}])
+def test_the_key_is_taken_from_either_header_and_the_scheme_in_any_case(client, headers):
+    assert client.post("/echo", content=b"x", headers=headers).status_code == 200
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "s3cret"}, {"Authorization": "Basic s3cret"},
+                                     {"X-API-Key": "wrong"}, {"Authorization": "Bearer wrong"}])
+def test_a_missing_wrong_or_scheme_less_key_is_refused(client, headers):
+    response = client.post("/echo", content=b"x", headers=headers)
+    assert response.status_code == 401 and "API key" in response.json()["error"]
+
+
+def test_a_chunked_body_over_the_limit_is_413_not_500(client):
+    def chunks():
+        piece = b"x" * (1 << 20)
+        for _ in range(MAX_BODY_BYTES // len(piece) + 2):
+            yield piece
+    response = client.post("/echo", content=chunks(), headers={"X-API-Key": "s3cret"})
+    assert response.status_code == 413 and "request body over" in response.json()["error"]
+    small = client.post("/echo", content=iter([b"abc", b"def"]), headers={"X-API-Key": "s3cret"})
+    assert small.status_code == 200 and small.json() == {"bytes": 6}
