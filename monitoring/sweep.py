@@ -54,9 +54,22 @@ class Monitor:
 
     # -- reading ------------------------------------------------------------------------------
     def latest_market_date(self) -> date | None:
+        return self.market_dates()[1]
+
+    def market_dates(self) -> tuple[date | None, date | None]:
+        """First and last day of the market snapshots in the store (None, None when there are none)."""
         market = self.store.table("market")
         with self.store.engine.connect() as connection:
-            return connection.execute(sa.select(sa.func.max(market.c.date))).scalar()
+            return tuple(connection.execute(sa.select(sa.func.min(market.c.date), sa.func.max(market.c.date))).one())
+
+    def check_as_of(self, as_of: date) -> None:
+        """A sweep is as of a day that has come (a future one would score every position stale and stay
+        the latest sweep for good) and that the market data reaches (an earlier one scores an empty book)."""
+        first, _ = self.market_dates()
+        if first is None:
+            raise ValueError("no market data in the store: load market snapshots first")
+        if not first <= as_of <= date.today():
+            raise ValueError(f"as_of: {as_of} must be between the first market day {first} and today {date.today()}")
 
     def latest_sweep_id(self) -> str | None:
         sweeps = self.store.table("sweeps")
@@ -102,6 +115,8 @@ class Monitor:
         as_of = as_of or self.latest_market_date()
         if as_of is None:
             raise ValueError("no market data in the store: load market snapshots first")
+        if market is None:  # a replay hands its own market, up to the day it sweeps
+            self.check_as_of(as_of)
         sweep_id = sweep_id_for(as_of)
         existing = self.get_sweep(sweep_id)
         if existing is not None:

@@ -219,6 +219,10 @@ class PledgeService:
                 from exc
         if when is None:
             raise BentoMLException("no market data in the store", error_code=HTTPStatus.CONFLICT)
+        try:
+            self.monitor.check_as_of(when)
+        except ValueError as exc:
+            raise BentoMLException(str(exc), error_code=HTTPStatus.UNPROCESSABLE_ENTITY) from exc
         sweep_id = sweep_id_for(when)
         if sweep_id not in self.sweeps_running:
             self.sweeps_running[sweep_id] = datetime.now().isoformat()

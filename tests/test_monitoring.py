@@ -150,3 +150,10 @@ def test_replay_scoring_rules():
                                                    "D": d}, ["A", "B", "C", "D", "E"])
     assert (score.caught, score.late, score.missed, score.false_alarms, score.quiet_ok) == (1, 1, 1, 1, 1)
     assert score.flag_recall == pytest.approx(1 / 3) and score.false_alarm_rate == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("as_of", [date(2999, 1, 1), date(1900, 1, 1)])
+def test_a_sweep_as_of_a_future_day_or_before_the_market_is_refused_and_stores_nothing(monitor, as_of):
+    with pytest.raises(ValueError, match="as_of"):
+        monitor.run_sweep(as_of)
+    assert monitor.store.count("sweeps") == 0 and monitor.latest_sweep_id() is None

@@ -98,6 +98,9 @@ def test_similar_admit_sweep_and_health(server):
     assert health["latest"]["action"] in ("ok", "watch", "top-up", "liquidate") and len(health["history"]) == 1
     assert client.get("/positions/NOPE/health").status_code == 404
     assert client.get("/sweeps/sweep-1999-01-01").status_code == 404
+    for far in ("2999-01-01", "1900-01-01"):  # a future or pre-market day would store a sweep that misleads
+        refused = client.post("/sweep", json={"as_of": far})
+        assert refused.status_code == 422 and "as_of" in refused.text, refused.text
     assert client.get("/metrics").status_code == 200
 
 
