@@ -5,10 +5,13 @@ from __future__ import annotations
 import base64
 import binascii
 from http import HTTPStatus
+from typing import Annotated
 
 from pydantic import BaseModel, Field, field_validator
 
 MAX_BATCH = 256
+MAX_REVIEWS = 50
+MAX_REVIEW_CHARS = 2000
 MAX_IMAGE_BYTES = 8 * 1024 * 1024
 MAX_BODY_BYTES = 4 * MAX_IMAGE_BYTES + 1024 * 1024  # a few base64 images and the rest of the batch
 
@@ -31,7 +34,10 @@ class SpuQuery(BaseModel):
 
 class PriceItem(SpuQuery):
     spu_id: str = Field(min_length=1, max_length=128, description="Known SPU id, or a new id for a new SPU")
-    reviews: list[str] = Field(default_factory=list, max_length=100, description="Review texts")
+    # a review is embedded per request: the caps keep one item's text work to a fraction of a second
+    reviews: list[Annotated[str, Field(max_length=MAX_REVIEW_CHARS)]] = Field(
+        default_factory=list, max_length=MAX_REVIEWS, description=f"Review texts (at most {MAX_REVIEWS}, "
+                                                                  f"{MAX_REVIEW_CHARS} characters each)")
     quantity: int = Field(1, gt=0, le=1_000_000_000, description="Units pledged")
 
     def request(self) -> dict:

@@ -1,4 +1,4 @@
-"""The API-key and body-size middleware on a bare Starlette app (no model needed)."""
+"""Request limits: the API-key and body-size middleware on a bare Starlette app, and the item caps."""
 
 import pytest
 from starlette.applications import Starlette
@@ -44,3 +44,14 @@ def test_a_chunked_body_over_the_limit_is_413_not_500(client):
     assert response.status_code == 413 and "request body over" in response.json()["error"]
     small = client.post("/echo", content=iter([b"abc", b"def"]), headers={"X-API-Key": "s3cret"})
     assert small.status_code == 200 and small.json() == {"bytes": 6}
+
+
+@pytest.mark.parametrize("reviews", [["x" * 2001], ["fine"] * 51])
+def test_reviews_are_capped_in_count_and_length_naming_the_field(reviews):
+    from pydantic import ValidationError
+
+    from serving.schemas import PriceItem
+
+    with pytest.raises(ValidationError, match="reviews"):
+        PriceItem(spu_id="a", reviews=reviews)
+    assert len(PriceItem(spu_id="a", reviews=["x" * 2000] * 50).reviews) == 50
