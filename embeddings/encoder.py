@@ -118,6 +118,20 @@ class Encoder:
             return False
         return bool(torch.allclose(short, self.model.encode_text(full), atol=1e-4))
 
+    def weights_changed(self, checkpoint: str | Path | None = None) -> None:
+        """After training changed the weights in place: a new fingerprint, so that nothing cached or indexed
+        under the old weights is taken for the new ones. With the checkpoint they were saved to, the
+        fingerprint equals that of an encoder loaded from it."""
+        if checkpoint is not None:
+            self.config = self.config.with_checkpoint(checkpoint)
+            self.fingerprint = self._fingerprint()
+            return
+        digest = hashlib.sha256(self.fingerprint.encode())
+        for name, tensor in sorted(self.model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().numpy().tobytes())
+        self.fingerprint = digest.hexdigest()[:16]
+
     def _fingerprint(self) -> str:
         # Only what decides the numbers: architecture/source, the weights on top, the init seed.
         parts = {"model_name": self.config.model_name, "pretrained": self.config.pretrained,

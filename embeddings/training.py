@@ -122,6 +122,7 @@ def train_image_tower(
                          chance_at_5=min(1.0, 5 / n_test))
     if checkpoint is not None:
         report.checkpoint = str(save_tower_checkpoint(model, checkpoint, meta=report.as_dict()))
+    encoder.weights_changed(report.checkpoint if checkpoint is not None else None)
     return report
 
 
