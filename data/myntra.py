@@ -46,7 +46,9 @@ def read_myntra(folder: Path | str) -> MyntraCatalog:
     price = pl.col("discounted_price").cast(pl.Float64, strict=False)
     priced = raw.filter((price > 0) & price.is_finite())
     ids = pl.col("id").cast(pl.String)
-    image = pl.lit(str(folder / "images") + "/") + ids + ".jpg"
+    # Relative to the folder: the loader resolves image paths against the data file's folder, so a
+    # folder given as a relative path is not prefixed twice.
+    image = pl.lit("images/") + ids + ".jpg"
     existing = {p.stem for p in (folder / "images").glob("*.jpg")} if (folder / "images").is_dir() else set()
     spus_raw = priced.select(
         ids.alias("spu_id"),

@@ -40,6 +40,15 @@ def test_reads_real_records_into_our_tables(sample):
     assert text.startswith(first["title"]) and first["article_type"] in text and first["base_colour"] in text
 
 
+def test_a_relative_folder_finds_every_image(sample, monkeypatch):
+    # once, each image path was the folder joined twice ("../x/../x/images/1.jpg"): every image "not found"
+    folder, with_image, _ = sample
+    monkeypatch.chdir(folder.parent)
+    spus = read_myntra(Path(folder.name)).spus
+    paths = [p for ps in spus["images"].to_list() for p in ps]
+    assert len(paths) == with_image.height and all(Path(p).is_file() for p in paths)
+
+
 def test_bad_folders_name_the_file_and_field(sample, tmp_path_factory):
     folder, _, _ = sample
     empty = tmp_path_factory.mktemp("empty")
