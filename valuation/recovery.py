@@ -128,7 +128,7 @@ def liquidate(lines: pl.DataFrame, positions: pl.DataFrame, start: datetime, hor
 
 def pseudo_pledge_dates(first: datetime, until: datetime, horizon_days: int, every_days: int,
                         warmup_days: int = PRICE_WINDOW_DAYS) -> list[datetime]:
-    """Weekly pledge dates whose horizon closed by ``until`` (latest first in time order: oldest first)."""
+    """Pledge dates every ``every_days`` whose horizon closed by ``until``, oldest first."""
     dates, at = [], until - timedelta(days=horizon_days)
     while at >= first + timedelta(days=warmup_days):
         dates.append(at)
