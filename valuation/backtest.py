@@ -40,11 +40,13 @@ class BacktestError(ValueError):
 
 def month_starts(start: date, until: date) -> list[date]:
     """The first day of each month from ``start`` (rounded up to a first) to ``until``, inclusive."""
-    first = start if start.day == 1 else (start.replace(day=28) + timedelta(days=4)).replace(day=1)
+    def next_month(day: date) -> date:
+        return (day.replace(day=28) + timedelta(days=4)).replace(day=1)
+    first = start if start.day == 1 else next_month(start)
     dates = []
     while first <= until:
         dates.append(first)
-        first = (first.replace(day=28) + timedelta(days=4)).replace(day=1)
+        first = next_month(first)
     return dates
 
 

@@ -97,7 +97,7 @@ class PledgeModel:
         if "recovery" in model.policy:
             log and log("learning the haircut from past pseudo-pledges ...")
             model.recovery = model._learn_haircut(orders, model.policy["recovery"])
-            metrics["recovery_examples"] = getattr(model.recovery, "n_examples", 0)
+            metrics["recovery_examples"] = model.recovery.n_examples if model.recovery else 0
             metrics["recovery_spus"] = model.recovery.state.height if model.recovery else 0
         metrics["train_seconds"] = round(time.monotonic() - started, 1)
         return model

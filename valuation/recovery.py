@@ -25,6 +25,7 @@ from sklearn.base import BaseEstimator
 from sklearn.ensemble import HistGradientBoostingRegressor
 
 from embeddings.features import order_features
+from valuation.policy import HAIRCUT_PARTS
 
 PRICE_WINDOW_DAYS = 30   # P and Q: the 30 days before the pledge
 HISTORY_DAYS = 90        # eligibility and sales-rate features: the 90 days before the pledge
@@ -308,8 +309,8 @@ class LearnedHaircut:
     """Pricing with the recovery model: each known SPU's market state at the end of the training data,
     and the pledge price = lower recovery ratio x min(value, market price P)."""
 
-    def __init__(self, model: RecoveryModel, state: pl.DataFrame, config: dict):
-        self.model, self.state, self.config = model, state, config
+    def __init__(self, model: RecoveryModel, state: pl.DataFrame, config: dict, n_examples: int):
+        self.model, self.state, self.config, self.n_examples = model, state, config, n_examples
         self._row = {s: i for i, s in enumerate(state["spu_id"].to_list())}
         # numpy copies for the request path (a polars step per request costs milliseconds)
         self._features = feature_matrix(state.with_columns(pl.lit(np.nan).alias("quantity")))
@@ -337,9 +338,7 @@ class LearnedHaircut:
                           maintain_order="left")
                  .join(value_uncertainty, on="spu_id", how="left", maintain_order="left")
                  .select("spu_id", "price", *[f for f in FEATURES if f != "days_of_cover"]))
-        learned = cls(model, state, config)
-        learned.n_examples, learned.until = examples.height, until
-        return learned
+        return cls(model, state, config, examples.height)
 
     def apply(self, frame: pl.DataFrame, floor: float, cap: float) -> pl.DataFrame:
         """Overrides haircut and pledge price on the rows whose SPU (``matched_spu_id``) has a market state,
@@ -371,8 +370,7 @@ class LearnedHaircut:
             for i, d in zip(rows, row_drivers):
                 drivers[i] = d
             learned[rows] = True
-        rule_parts = {p: frame[p].to_numpy().copy() for p in ("haircut_base", "haircut_market", "haircut_liquidity",
-                                                               "haircut_uncertainty")}
+        rule_parts = {p: frame[p].to_numpy().copy() for p in HAIRCUT_PARTS}
         for values in rule_parts.values():
             values[learned] = np.nan  # a learned haircut replaces the rule sum: its parts are the learned ones
         replaced = [pl.Series("haircut", haircut), pl.Series("pledge_unit_price", pledge),
