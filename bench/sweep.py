@@ -1,6 +1,9 @@
 """Sweep throughput: score a book of N positions in one call, as a sweep does, against the straightforward
 way: a Python loop that scores one position at a time (same scoring code, each position with its own
-SPU's market rows), on ``--loop-positions`` of the same book. Both are timed best of ``--repeats``.
+SPU's market rows), on ``--loop-positions`` of the same book; and the same book scored with the learned early
+warning (``p_loss`` for every position, its features including ten comparables per SPU), first as a book's first
+sweep (every warned position raises an alert and is explained) and then as the next day's (only changed actions
+alert). All timed best of ``--repeats``.
 
 The book is synthetic and seeded, at the scale a sweep meets: ``--spus`` SPUs, each with ``--days`` of
 daily market history (lognormal price levels, a random walk, sales on a share of days, some SPUs gone
@@ -26,6 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import print_table  # noqa: E402
 from data.schemas import MARKET, POSITIONS  # noqa: E402
 from monitoring import load_config, score_book  # noqa: E402
+from monitoring.health import position_frame, warning_matrix  # noqa: E402
+from monitoring.warning import WarningModel  # noqa: E402
 
 START = date(2024, 1, 1)
 WAREHOUSES = ("Felixstowe", "Tilbury", "Daventry", "Rotterdam", "Leipzig")
@@ -83,6 +88,23 @@ def synthetic_book(n_positions: int, n_spus: int, days: int, seed: int) -> tuple
     return market, positions
 
 
+def bench_warning(market: pl.DataFrame, book: pl.DataFrame, as_of: date, neighbours: pl.DataFrame,
+                  seed: int) -> WarningModel:
+    """An early-warning model of the served shape for this synthetic book: fitted on a sample of it scored
+    40 days before ``as_of``, labelled by whether the SPU's sales over the next 7 to 35 days fell under a
+    quarter of its pledge-time rate. What is timed is scoring with it, not what it knows."""
+    config = load_config()
+    then = as_of - timedelta(days=40)
+    sample = book.sample(min(200_000, book.height), seed=seed)
+    frame = position_frame(sample, market, then, config, features=True, neighbours=neighbours).collect()
+    later = (market.filter((pl.col("date") > then + timedelta(days=7)) & (pl.col("date") <= then + timedelta(days=35)))
+             .group_by("spu_id").agg((pl.col("units_sold").sum() / 28).alias("later_rate")))
+    frame = frame.join(later, on="spu_id", how="left", maintain_order="left")
+    label = (frame["later_rate"].fill_null(0.0) < 0.25 * frame["pledge_rate"].fill_null(0.0)).to_numpy()
+    model = WarningModel(n_splits=2, neighbours=neighbours)
+    return model.fit(warning_matrix(frame), label, frame["spu_id"].to_numpy(), frame["position_id"].to_numpy(), ~label)
+
+
 def _labels(prefix: str, numbers: np.ndarray, width: int = 0) -> pl.Series:
     return pl.select(pl.lit(prefix) + pl.Series(numbers).cast(pl.String).str.zfill(width)).to_series()
 
@@ -123,6 +145,18 @@ def main() -> None:
     per_s = book.height / best
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
+    spu_ids = market["spu_id"].unique().sort()
+    rng = np.random.default_rng(args.seed)
+    neighbours = pl.DataFrame({"spu_id": spu_ids.gather(np.repeat(np.arange(len(spu_ids)), 10)),
+                               "neighbour": spu_ids.gather(rng.integers(0, len(spu_ids), 10 * len(spu_ids)))})
+    warning = bench_warning(market, book, as_of, neighbours, args.seed)
+    t_warned, warned = best_of(lambda: score_book(book, market, as_of, warning=warning), args.repeats)
+    warned_per_s = book.height / t_warned
+    # a daily sweep after the first: last sweep's actions known, so only changes raise (and explain) alerts
+    previous = warned.select("position_id", "action")
+    t_daily, daily = best_of(lambda: score_book(book, market, as_of, warning=warning, previous=previous), args.repeats)
+    daily_per_s = book.height / t_daily
+
     looped = book.sample(min(args.loop_positions, book.height), seed=args.seed)
     wanted = market.filter(pl.col("spu_id").is_in(looped["spu_id"].unique().implode()))
     by_spu = {spu: rows for (spu,), rows in wanted.partition_by("spu_id", as_dict=True).items()}
@@ -145,9 +179,15 @@ def main() -> None:
                 [[f"{small.height:,}", f"{t_small:.3f}", f"{small.height / t_small:,.0f}", "-"],
                  [f"{book.height:,}", f"{best:.3f}", f"{per_s:,.0f}",
                   ", ".join(f"{a}={n}" for a, n in result["action"].value_counts().sort("action").rows())],
+                 [f"{book.height:,} with the early warning", f"{t_warned:.3f}", f"{warned_per_s:,.0f}",
+                  ", ".join(f"{a}={n}" for a, n in warned["action"].value_counts().sort("action").rows())],
+                 [f"{book.height:,} with the early warning, next day", f"{t_daily:.3f}", f"{daily_per_s:,.0f}",
+                  f"alerts={int(daily['alert'].sum())}"],
                  [f"{looped.height:,} (loop)", f"{t_loop:.3f}", f"{loop_per_s:,.0f}",
                   f"same health as vectorised: {same}"]])
-    print(f"positions_per_s={per_s:.0f} peak_rss_mb={peak_rss_mb:.0f} speedup_vs_loop={per_s / loop_per_s:.0f} "
+    print(f"positions_per_s={per_s:.0f} warning_positions_per_s={warned_per_s:.0f} "
+          f"warning_over_rules={warned_per_s / per_s:.2f} warning_daily_positions_per_s={daily_per_s:.0f} "
+          f"warning_daily_over_rules={daily_per_s / per_s:.2f} peak_rss_mb={peak_rss_mb:.0f} speedup_vs_loop={per_s / loop_per_s:.0f} "
           f"loop_positions_per_s={loop_per_s:.0f} seconds={best:.3f} loop_seconds={t_loop:.3f} "
           f"n_loop_positions={looped.height} n_positions={book.height} n_spus={n_spus} "
           f"n_pledge_dates={n_dates} n_spu_pledge_pairs={n_pairs} market_rows={market.height} "

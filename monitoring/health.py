@@ -12,6 +12,7 @@ import tomllib
 from datetime import date
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 DEFAULT_CONFIG = Path(__file__).with_name("monitor.toml")
@@ -35,34 +36,93 @@ def spu_market_state(market: pl.LazyFrame | pl.DataFrame, as_of: date, config: d
               .agg(pl.col("price").median()).sort("spu_id", "week")
               .group_by("spu_id").agg((pl.col("price").log().diff().std() / 7 ** 0.5).alias("volatility")))
     return (seen.group_by("spu_id").agg(
+        pl.col("date").min().alias("first_sale"),
         pl.col("date").max().alias("last_sale"),
         pl.col("price").filter(days_ago < m["price_window_days"]).median().alias("recent_price"),
+        pl.col("price").filter(days_ago < 28).median().alias("price_4w"),
+        pl.col("price").filter(days_ago < 84).median().alias("price_12w"),
         pl.col("price").sort_by("date").last().alias("last_price"),
+        (pl.col("units_sold").filter(days_ago < 7).sum() / 7).alias("rate_1w"),
+        (pl.col("units_sold").filter(days_ago < 14).sum() / 14).alias("rate_2w"),
         (pl.col("units_sold").filter(days_ago < 28).sum() / 28).alias("rate_4w"),
         (pl.col("units_sold").filter(days_ago < 84).sum() / 84).alias("rate_12w"),
+        (pl.col("date").filter((days_ago < 28) & (pl.col("units_sold") > 0)).len() / 28).alias("active_share_4w"),
     ).join(weekly, on="spu_id", how="left", maintain_order="left"))
 
 
 def pledge_prices(market: pl.LazyFrame | pl.DataFrame, positions: pl.LazyFrame | pl.DataFrame,
                   config: dict) -> pl.LazyFrame:
-    """Market price of each position's SPU at its pledge: median over the days before pledged_at."""
+    """Market price of each position's SPU at its pledge (median over the days before pledged_at) and its
+    sales rate then (units a day over the same days)."""
     window = config["market"]["pledge_window_days"]
     pairs = positions.lazy().select("spu_id", "pledged_at").unique()
     return (pairs.join(market.lazy(), on="spu_id")
             .filter((pl.col("date") < pl.col("pledged_at"))
                     & (pl.col("date") >= pl.col("pledged_at") - pl.duration(days=window)))
-            .group_by("spu_id", "pledged_at").agg(pl.col("price").median().alias("pledge_market_price")))
+            .group_by("spu_id", "pledged_at").agg(pl.col("price").median().alias("pledge_market_price"),
+                                                  (pl.col("units_sold").sum() / window).alias("pledge_rate"),
+                                                  # one big order makes a pledge-time rate that will not last
+                                                  (pl.col("units_sold").max() / pl.col("units_sold").sum())
+                                                  .alias("pledge_top_day_share"),
+                                                  (pl.len() / window).alias("pledge_active_share")))
 
 
-def score_book(positions: pl.DataFrame | pl.LazyFrame, market: pl.DataFrame | pl.LazyFrame, as_of: date,
-               config: dict | None = None, model_values: pl.DataFrame | None = None,
-               previous: pl.DataFrame | None = None) -> pl.DataFrame:
-    """One row per position pledged on or before ``as_of``.
+WARNING_FEATURES = (
+    "sales_1w_vs_pledge", "sales_2w_vs_pledge", "sales_4w_vs_pledge", "sales_4w_vs_12w", "active_share_4w",
+    "days_since_last_sale", "days_since_pledge", "age_days", "price_vs_pledge", "price_4w_vs_pledge",
+    "price_4w_vs_12w", "volatility", "ltv", "days_of_cover", "pledge_top_day_share", "pledge_active_share",
+    "comparables_sales_4w_vs_12w", "comparables_price_4w_vs_12w", "comparables_active_share_4w",
+)
 
-    ``model_values``: spu_id, value, value_low, value_high (the model's, for stale or unseen SPUs).
-    ``previous``: position_id, action of the last completed sweep (for alerts)."""
-    config = config or load_config()
-    s, a, g = config["score"], config["actions"], config["grades"]
+
+def warning_features(frame: pl.LazyFrame, state: pl.LazyFrame, as_of: date,
+                     neighbours: pl.DataFrame | None) -> pl.LazyFrame:
+    """Adds WARNING_FEATURES: what a sweep knows at ``as_of`` about where each position is heading. The
+    comparables' features are their means over the SPU's nearest neighbours in the SPU index
+    (``neighbours``: spu_id, neighbour); a slowdown across similar goods shows before the SPU's own."""
+    d = pl.lit(as_of)
+    per_spu = state.select("spu_id", (pl.col("rate_4w") / pl.col("rate_12w")).alias("_sales_trend"),
+                           (pl.col("price_4w") / pl.col("price_12w")).alias("_price_trend"),
+                           pl.col("active_share_4w").alias("_active"))
+    if neighbours is not None and neighbours.height:
+        comparables = (neighbours.lazy().join(per_spu.rename({"spu_id": "neighbour"}), on="neighbour", how="left")
+                       .group_by("spu_id").agg(pl.col("_sales_trend").fill_null(0.0).mean(),
+                                               pl.col("_price_trend").mean(), pl.col("_active").fill_null(0.0).mean()))
+        frame = frame.join(comparables, on="spu_id", how="left", maintain_order="left")
+    else:
+        frame = frame.with_columns(pl.lit(None, dtype=pl.Float64).alias(c) for c in ("_sales_trend", "_price_trend", "_active"))
+    pledge_rate = pl.col("pledge_rate")
+    return frame.with_columns(
+        (pl.col("rate_1w") / pledge_rate).alias("sales_1w_vs_pledge"),
+        (pl.col("rate_2w") / pledge_rate).alias("sales_2w_vs_pledge"),
+        (pl.col("rate_4w") / pledge_rate).alias("sales_4w_vs_pledge"),
+        (pl.col("rate_4w") / pl.col("rate_12w")).alias("sales_4w_vs_12w"),
+        (d - pl.col("last_sale")).dt.total_days().alias("days_since_last_sale"),
+        (d - pl.col("pledged_at")).dt.total_days().alias("days_since_pledge"),
+        # capped: older goods differ little, and a short history cannot tell ages apart past it
+        (d - pl.col("first_sale")).dt.total_days().clip(None, 180).alias("age_days"),
+        (pl.coalesce("recent_price", "last_price") / pl.col("pledge_market_price")).alias("price_vs_pledge"),
+        (pl.col("price_4w") / pl.col("pledge_market_price")).alias("price_4w_vs_pledge"),
+        (pl.col("price_4w") / pl.col("price_12w")).alias("price_4w_vs_12w"),
+        (pl.col("quantity") / pl.col("rate_4w")).alias("days_of_cover"),
+        pl.col("_sales_trend").alias("comparables_sales_4w_vs_12w"),
+        pl.col("_price_trend").alias("comparables_price_4w_vs_12w"),
+        pl.col("_active").alias("comparables_active_share_4w"),
+    ).drop("_sales_trend", "_price_trend", "_active")
+
+
+def warning_matrix(frame: pl.DataFrame) -> np.ndarray:
+    """WARNING_FEATURES as floats; an infinite ratio (no sales before, or none now) is missing."""
+    X = frame.select(pl.col(WARNING_FEATURES).cast(pl.Float64)).to_numpy()
+    X[~np.isfinite(X)] = np.nan
+    return X
+
+
+def position_frame(positions: pl.DataFrame | pl.LazyFrame, market: pl.DataFrame | pl.LazyFrame, as_of: date,
+                   config: dict, model_values: pl.DataFrame | None = None, *, features: bool = False,
+                   neighbours: pl.DataFrame | None = None) -> pl.LazyFrame:
+    """Per position pledged on or before ``as_of``: the market state of its SPU, its unit value, collateral
+    value, LTV, price change, velocity trend, days to liquidate; with ``features``, WARNING_FEATURES too."""
     book = positions.lazy().filter(pl.col("pledged_at") <= as_of)
     state = spu_market_state(market, as_of, config)
     frame = (book.join(state, on="spu_id", how="left", maintain_order="left")
@@ -97,6 +157,25 @@ def score_book(positions: pl.DataFrame | pl.LazyFrame, market: pl.DataFrame | pl
         pl.when(pl.col("rate_12w") > 0).then(pl.col("rate_4w") / pl.col("rate_12w")).alias("velocity_trend"),
         pl.when(pl.col("rate_4w") > 0).then(pl.col("quantity") / pl.col("rate_4w")).alias("days_to_liquidate"),
     )
+    if features:
+        frame = warning_features(frame, state, as_of, neighbours)
+    return frame
+
+
+def score_book(positions: pl.DataFrame | pl.LazyFrame, market: pl.DataFrame | pl.LazyFrame, as_of: date,
+               config: dict | None = None, model_values: pl.DataFrame | None = None,
+               previous: pl.DataFrame | None = None, warning=None) -> pl.DataFrame:
+    """One row per position pledged on or before ``as_of``.
+
+    ``model_values``: spu_id, value, value_low, value_high (the model's, for stale or unseen SPUs).
+    ``previous``: position_id, action of the last completed sweep (for alerts).
+    ``warning``: a learned early warning (``monitoring.warning.WarningModel``). With it, every position gets
+    ``p_loss`` and the action comes from p_loss and LTV (``[warning]`` in the config); without it, from the
+    health score and the thresholds of ``[actions]``."""
+    config = config or load_config()
+    s, a, g = config["score"], config["actions"], config["grades"]
+    frame = position_frame(positions, market, as_of, config, model_values, features=warning is not None,
+                           neighbours=getattr(warning, "neighbours", None))
 
     def ramp(value: pl.Expr, ok: float, bad: float, penalty: float) -> pl.Expr:
         return ((value - ok) / (bad - ok)).clip(0, 1).fill_nan(None).fill_null(0) * penalty
@@ -115,35 +194,65 @@ def score_book(positions: pl.DataFrame | pl.LazyFrame, market: pl.DataFrame | pl
     }
     frame = frame.with_columns(**{f"_p_{k}": v.cast(pl.Float64) for k, v in penalties.items()})
     score = (100 - pl.sum_horizontal(*[pl.col(f"_p_{k}") for k in penalties])).clip(0, 100)
-    frame = frame.with_columns(score.alias("health"))
+    frame = frame.with_columns(score.alias("health")).collect()
     grade = (pl.when(pl.col("health") >= g["A"]).then(pl.lit("A")).when(pl.col("health") >= g["B"]).then(pl.lit("B"))
              .when(pl.col("health") >= g["C"]).then(pl.lit("C")).when(pl.col("health") >= g["D"]).then(pl.lit("D"))
              .otherwise(pl.lit("E")))
-    action = (pl.when((pl.col("ltv") >= a["liquidate_ltv"]) | (pl.col("health") < a["liquidate_score"]))
-              .then(pl.lit("liquidate"))
-              .when((pl.col("ltv") >= a["topup_ltv"]) | (pl.col("health") < a["topup_score"])).then(pl.lit("top-up"))
-              .when((pl.col("health") < a["watch_score"]) | (pl.col("velocity_trend") < a["watch_velocity_ratio"])
-                    | (pl.col("price_change") < a["watch_price_change"])).then(pl.lit("watch"))
-              .otherwise(pl.lit("ok")))
+    if warning is None:
+        frame = frame.with_columns(pl.lit(None, dtype=pl.Float64).alias("p_loss"))
+        action = (pl.when((pl.col("ltv") >= a["liquidate_ltv"]) | (pl.col("health") < a["liquidate_score"]))
+                  .then(pl.lit("liquidate"))
+                  .when((pl.col("ltv") >= a["topup_ltv"]) | (pl.col("health") < a["topup_score"])).then(pl.lit("top-up"))
+                  .when((pl.col("health") < a["watch_score"]) | (pl.col("velocity_trend") < a["watch_velocity_ratio"])
+                        | (pl.col("price_change") < a["watch_price_change"])).then(pl.lit("watch"))
+                  .otherwise(pl.lit("ok")))
+    else:
+        w = config["warning"]
+        frame = frame.with_columns(pl.Series("p_loss", warning.predict_proba(warning_matrix(frame)), dtype=pl.Float64))
+        warned = pl.col("p_loss") >= warning.threshold_
+        ltv = pl.col("ltv").fill_nan(None).fill_null(0.0)
+        action = (pl.when((ltv >= a["liquidate_ltv"]) | (warned & (ltv >= w["liquidate_ltv"]))).then(pl.lit("liquidate"))
+                  .when((ltv >= a["topup_ltv"]) | (warned & (ltv >= w["topup_ltv"]))).then(pl.lit("top-up"))
+                  .when(warned).then(pl.lit("watch"))
+                  .otherwise(pl.lit("ok")))
     reasons = pl.concat_list([pl.when(pl.col(f"_p_{k}") > 0).then(pl.lit(k)).otherwise(pl.lit(None, dtype=pl.String))
                               for k in penalties]).list.drop_nulls()
     frame = frame.with_columns(grade.alias("grade"), action.alias("action"), reasons.alias("reasons"))
     if previous is not None:
-        frame = frame.join(previous.lazy().select("position_id", pl.col("action").alias("previous_action")),
+        frame = frame.join(previous.select("position_id", pl.col("action").alias("previous_action")),
                            on="position_id", how="left", maintain_order="left")
     else:
         frame = frame.with_columns(pl.lit(None, dtype=pl.String).alias("previous_action"))
     # An alert only when the action worsens (a first non-ok action counts): no repeated alarms.
-    rank = {k: v for k, v in ACTION_RANK.items()}
     frame = frame.with_columns(
-        (pl.col("action").replace_strict(rank, return_dtype=pl.Int8)
-         > pl.col("previous_action").fill_null("ok").replace_strict(rank, return_dtype=pl.Int8)).alias("alert"))
-    return frame.select(RESULT_COLUMNS).collect()
+        (pl.col("action").replace_strict(ACTION_RANK, return_dtype=pl.Int8)
+         > pl.col("previous_action").fill_null("ok").replace_strict(ACTION_RANK, return_dtype=pl.Int8)).alias("alert"))
+    if warning is not None:
+        frame = _with_warning_reasons(frame, warning)
+    return frame.select(RESULT_COLUMNS)
+
+
+def _with_warning_reasons(frame: pl.DataFrame, warning) -> pl.DataFrame:
+    """Warned positions get the reason ``early_warning``; those that raise an alert also the features that
+    moved their p_loss most (``early_warning:<feature>``): explaining costs model calls, so only where the
+    desk will read it."""
+    warned = pl.col("p_loss") >= warning.threshold_
+    frame = frame.with_columns(pl.when(warned).then(pl.col("reasons").list.concat(pl.lit(["early_warning"])))
+                               .otherwise(pl.col("reasons")).alias("reasons"))
+    explain = np.flatnonzero(frame.select(warned & pl.col("alert")).to_series().to_numpy())
+    if explain.size == 0:
+        return frame
+    drivers = warning.drivers(warning_matrix(frame[explain]))
+    codes = pl.Series([[f"early_warning:{d['feature']}" for d in row] for row in drivers], dtype=pl.List(pl.String))
+    extra = pl.DataFrame({"_row": pl.Series(explain, dtype=pl.UInt32), "_drivers": codes})
+    return (frame.with_row_index("_row").join(extra, on="_row", how="left", maintain_order="left")
+            .with_columns(pl.col("reasons").list.concat(pl.col("_drivers").fill_null(pl.lit([], dtype=pl.List(pl.String)))))
+            .drop("_row", "_drivers"))
 
 
 RESULT_COLUMNS = ["position_id", "loan_id", "borrower", "spu_id", "quantity", "loan_amount", "pledged_at",
                   "unit_value", "value_source", "value_low", "value_high", "collateral_value", "ltv", "price_change",
                   "velocity_trend", "volatility", "days_to_liquidate", "stale_price", "health", "grade", "action",
-                  "reasons", "previous_action", "alert"]
+                  "reasons", "p_loss", "previous_action", "alert"]
 
 

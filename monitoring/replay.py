@@ -25,11 +25,10 @@ import polars as pl
 
 from data import Store
 from data.market import derive_market
+from monitoring.events import PRE_WEEKS, daily_matrix, loss_events, pledge_book
 from monitoring.health import load_config, score_book
 from monitoring.sweep import Monitor
 
-PRE_WEEKS = 8
-EVENT_WINDOW = 28
 MIN_LEAD_DAYS = 7
 TUNING_GRID = {
     "watch_velocity_ratio": [0.2, 0.3, 0.4, 0.5, 0.6],
@@ -59,63 +58,6 @@ class ReplayScore:
         return self.false_alarms / no_event if no_event else 0.0
 
 
-def pledge_book(orders: pl.DataFrame, market: pl.DataFrame, pledge: date) -> pl.DataFrame:
-    start = pledge - timedelta(weeks=PRE_WEEKS)
-    pre = orders.filter(~pl.col("cancelled") & (pl.col("ordered_at").dt.date() >= start)
-                        & (pl.col("ordered_at").dt.date() < pledge))
-    invoices = (pre.with_columns(pl.col("order_id").str.split(":").list.first().alias("invoice"))
-                .group_by("spu_id").agg(pl.col("invoice").n_unique().alias("invoices"),
-                                        pl.col("quantity").sum().alias("units")))
-    prices = (market.filter((pl.col("date") >= start) & (pl.col("date") < pledge))
-              .group_by("spu_id").agg(pl.col("price").median().alias("pre_price")))
-    eligible = invoices.filter(pl.col("invoices") >= 4).join(prices, on="spu_id").sort("spu_id")
-    quantity = (eligible["units"] / 2).round().clip(lower_bound=1).cast(pl.Int64)  # 4 weeks of sales
-    pledge_unit_price = eligible["pre_price"] * 0.7
-    return pl.DataFrame({
-        "position_id": "R-" + eligible["spu_id"], "loan_id": "RL-" + eligible["spu_id"],
-        "borrower": ["replay"] * eligible.height, "spu_id": eligible["spu_id"], "quantity": quantity,
-        "warehouse": ["replay"] * eligible.height, "pledged_at": [pledge] * eligible.height,
-        "loan_amount": quantity * pledge_unit_price, "pledge_unit_price": pledge_unit_price,
-    })
-
-
-def _daily_series(market: pl.DataFrame, book: pl.DataFrame, start: date, until: date):
-    """Per SPU of the book: units sold and median price per day from ``start`` to ``until`` (0 / NaN on
-    days without a sale)."""
-    n = (until - start).days + 1
-    by_spu = market.filter(pl.col("spu_id").is_in(book["spu_id"].implode()) & (pl.col("date") >= start)
-                           & (pl.col("date") <= until)).partition_by("spu_id", as_dict=True)
-    for (spu,), rows in by_spu.items():
-        offset = np.array([(d - start).days for d in rows["date"].to_list()])
-        units = np.zeros(n)
-        prices = np.full(n, np.nan)
-        units[offset] = rows["units_sold"].to_numpy()
-        prices[offset] = rows["price"].to_numpy()
-        yield spu, units, prices
-
-
-def loss_events(market: pl.DataFrame, book: pl.DataFrame, pledge: date, until: date) -> dict[str, date]:
-    """First loss-event day per SPU (SPUs without an event are absent)."""
-    start = pledge - timedelta(weeks=PRE_WEEKS)
-    days = [pledge + timedelta(days=i) for i in range((until - pledge).days + 1)]
-    events = {}
-    for spu, units, prices in _daily_series(market, book, start, until):
-        pre = slice(0, (pledge - start).days)
-        base_units = units[pre].sum() / (PRE_WEEKS * 7 / EVENT_WINDOW)
-        base_price = np.nanmedian(prices[pre])
-        for d in days:
-            if (d - pledge).days < EVENT_WINDOW:
-                continue
-            end = (d - start).days + 1
-            window = slice(end - EVENT_WINDOW, end)
-            window_prices = prices[window][~np.isnan(prices[window])]
-            low_price = window_prices.size and np.median(window_prices) < 0.7 * base_price
-            if units[window].sum() < 0.25 * base_units or low_price:
-                events[spu] = d
-                break
-    return events
-
-
 NAIVE_WINDOW = 14
 
 
@@ -125,7 +67,8 @@ def naive_alerts(market: pl.DataFrame, book: pl.DataFrame, pledge: date, until: 
     event reads the same sales series, so part of any monitor's recall is mechanical; this shows how much."""
     start = pledge - timedelta(weeks=PRE_WEEKS)
     alerts = {}
-    for spu, units, _ in _daily_series(market, book, start, until):
+    spus = book["spu_id"].to_list()
+    for spu, units in zip(spus, daily_matrix(market, spus, start, until)[0]):
         pre_days = (pledge - start).days
         base = units[:pre_days].sum() * NAIVE_WINDOW / pre_days
         rolling = np.convolve(units, np.ones(NAIVE_WINDOW), mode="full")[:len(units)]  # units in the 14 days to d
@@ -200,26 +143,58 @@ def tune_actions(orders: pl.DataFrame, market: pl.DataFrame, pledge: date, until
     return best[0], best[1], table
 
 
+@dataclass
+class ReplayRun:
+    score: ReplayScore      # the monitor's alerts
+    naive: ReplayScore      # the naive baseline on the same positions and events
+    book: pl.DataFrame
+    events: dict[str, date]
+    daily: pl.DataFrame     # every daily sweep's result: spu_id, as_of, ltv, p_loss, action
+
+
 def replay(orders: pl.DataFrame, pledge: date, until: date, config: dict | None = None,
-           store_url: str | None = None) -> tuple[ReplayScore, ReplayScore, pl.DataFrame]:
-    """Run the monitor day by day over real history and score its alerts; returns the monitor's score,
-    the naive baseline's score on the same positions and events (``naive_alerts``), and the book."""
+           store_url: str | None = None, warning=None) -> ReplayRun:
+    """Run the monitor day by day over real history and score its alerts. ``warning``: a learned early
+    warning (``monitoring.warning``) the sweeps use instead of the health-score rules; it must have been
+    trained on history before ``pledge``."""
     config = deepcopy(config or load_config())
     market = derive_market(orders)
     book = pledge_book(orders, market, pledge)
     events = loss_events(market, book, pledge, until)
+    spus = book["spu_id"].to_list()
+    # comparables need their own market rows; without them only the book's SPUs are read
+    neighbours = getattr(warning, "neighbours", None)
+    wanted = set(spus) | (set(neighbours["neighbour"].to_list()) if neighbours is not None else set())
+    relevant = market.filter(pl.col("spu_id").is_in(list(wanted)))
     with tempfile.TemporaryDirectory() as folder:
         store = Store(store_url or f"sqlite:///{Path(folder) / 'replay.db'}")
-        monitor = Monitor(store, config)
-        spus = book["spu_id"].to_list()
-        relevant = market.filter(pl.col("spu_id").is_in(spus))
+        monitor = Monitor(store, config, warning=warning)
         for i in range(1, (until - pledge).days + 1):
             d = pledge + timedelta(days=i)
             # the monitor is handed only what has happened by the end of day d
             monitor.run_sweep(d, market=relevant.filter(pl.col("date") <= d), positions=book)
         alerts = store.read("alerts")
+        daily = store.read("sweep_results").select(
+            pl.col("position_id").str.strip_prefix("R-").alias("spu_id"),
+            pl.col("sweep_id").str.strip_prefix("sweep-").str.to_date().alias("as_of"), "ltv", "p_loss", "action")
         store.close()
     first = dict(alerts.group_by("position_id").agg(pl.col("as_of").min())
                  .with_columns(pl.col("position_id").str.strip_prefix("R-")).iter_rows())
     naive = score_alerts(naive_alerts(market, book, pledge, until), events, spus)
-    return score_alerts(first, events, spus), naive, book
+    return ReplayRun(score_alerts(first, events, spus), naive, book, events, daily)
+
+
+def warning_curve(run: ReplayRun, alert_ltv: float, thresholds=None) -> pl.DataFrame:
+    """Flag recall and false-alarm rate of a learned warning at other thresholds, on the same daily
+    sweeps: a position is first alerted on the first day its p_loss reaches the threshold or its LTV
+    reaches ``alert_ltv`` (the LTV rule alerts whatever the score)."""
+    thresholds = np.linspace(0.05, 0.95, 19) if thresholds is None else thresholds
+    spus = run.book["spu_id"].to_list()
+    rows = []
+    for threshold in thresholds:
+        flagged = run.daily.filter((pl.col("p_loss") >= threshold) | (pl.col("ltv") >= alert_ltv))
+        first = dict(flagged.group_by("spu_id").agg(pl.col("as_of").min()).iter_rows())
+        result = score_alerts(first, run.events, spus)
+        rows.append({"threshold": float(threshold), "flag_recall": result.flag_recall,
+                     "false_alarm_rate": result.false_alarm_rate, "median_lead_days": result.median_lead_days})
+    return pl.DataFrame(rows)

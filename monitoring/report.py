@@ -87,3 +87,26 @@ padding:2px 8px;margin-right:6px}}.trends img{{margin:4px}}</style></head><body>
 
 def write_report(folder: str | Path, sweep: dict, results: pl.DataFrame, market: pl.DataFrame) -> Path:
     return write_atomic(Path(folder) / f"{sweep['sweep_id']}.html", render_report(sweep, results, market))
+
+
+def write_replay_plot(curve: pl.DataFrame, points: dict, path: str | Path) -> Path:
+    """The learned warning's recall / false-alarm curve (``replay.warning_curve``) with the rules and other
+    alerting schemes (``points``: name -> ReplayScore) as points, on the same positions, as a PNG."""
+    from matplotlib.figure import Figure  # the object API: no pyplot state, no global backend switch
+
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    ax.plot(curve["false_alarm_rate"].to_numpy(), curve["flag_recall"].to_numpy(), marker=".", color="#1f5fa8",
+            label="learned early warning, by threshold")
+    for (name, score), color in zip(points.items(), ("#b33", "#777", "#1f5fa8", "#393")):
+        ax.scatter([score.false_alarm_rate], [score.flag_recall], color=color, zorder=3, marker="s")
+        ax.annotate(name, (score.false_alarm_rate, score.flag_recall), textcoords="offset points", xytext=(6, -4))
+    ax.set_xlabel("false-alarm rate (quiet positions alerted)")
+    ax.set_ylabel("loss events flagged >= 7 days ahead")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    return write_atomic(path, buffer.getvalue())

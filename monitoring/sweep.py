@@ -46,10 +46,13 @@ def sweep_id_for(as_of: date) -> str:
 
 
 class Monitor:
-    def __init__(self, store: Store, config: dict | None = None, value_fn: ValueFn | None = None):
+    def __init__(self, store: Store, config: dict | None = None, value_fn: ValueFn | None = None, warning=None):
+        """``warning``: a learned early warning (``monitoring.warning.WarningModel``); without one, actions
+        come from the health-score rules."""
         self.store = store
         self.config = config or load_config()
         self.value_fn = value_fn
+        self.warning = warning
         self.holder = f"{socket.gethostname()}:{os.getpid()}"
 
     # -- reading ------------------------------------------------------------------------------
@@ -145,7 +148,8 @@ class Monitor:
             stale = stale_spus(positions, market, as_of, self.config)
             if stale:
                 model_values = self.value_fn(stale)
-        return score_book(positions, market, as_of, self.config, model_values, self._previous_actions(as_of))
+        return score_book(positions, market, as_of, self.config, model_values, self._previous_actions(as_of),
+                          self.warning)
 
     def _write(self, sweep_id: str, as_of: date, started: datetime, results: pl.DataFrame, summary: dict) -> None:
         # reason codes are plain identifiers, so a JSON list is a join away (no per-row Python)
@@ -154,7 +158,7 @@ class Monitor:
         stored = results.select(pl.lit(sweep_id).alias("sweep_id"), "position_id", "spu_id", "unit_value",
                                 "value_source", "value_low", "value_high", "collateral_value", "ltv", "price_change",
                                 "velocity_trend", "volatility", "days_to_liquidate", "health", "grade", "action",
-                                as_json.alias("reasons"))
+                                as_json.alias("reasons"), "p_loss")
         alerts = results.filter(pl.col("alert")).select(
             pl.lit(sweep_id).alias("sweep_id"), "position_id", pl.lit(as_of).alias("as_of"), "action",
             "previous_action", as_json.alias("reasons"))

@@ -268,6 +268,13 @@ def train(
                                   log=console.print)
     except ValueError as exc:
         _fail(str(exc))
+    from monitoring import load_config
+    from monitoring.warning import warning_for_model
+
+    console.print("learning the health monitor's early warning ...")
+    model.warning = warning_for_model(model, tables["orders"], load_config())
+    if model.warning is None:
+        console.print("too few loss events in the order history for an early warning: sweeps use the rules")
     tag = model.save_to_store(labels={"source": "catalog" if catalog else "online_retail"})
     console.print(f"saved BentoML model [bold]{tag}[/] ({model.metrics['n_spus']} SPUs, "
                   f"{model.metrics['n_priced']} priced; cold head {model.metrics['cold_head']}, warm head "
@@ -342,8 +349,8 @@ def sweep(
         when = _date.fromisoformat(as_of) if as_of else None
     except ValueError:
         _fail(f"--as-of: not an ISO date: {as_of!r}")
-    value_fn = _model_value_fn(model)
-    monitor = Monitor(store, load_config(config), value_fn)
+    value_fn, warning = _model_for_sweep(model)
+    monitor = Monitor(store, load_config(config), value_fn, warning=warning)
     try:
         outcome = monitor.run_sweep(when)
     except (SweepLocked, ValueError) as exc:
@@ -367,12 +374,15 @@ def replay_command(
                                                                  "window starting here ...")] = "2011-01-01",
     tune_until: Annotated[Optional[str], typer.Option(help="... and ending here (must end before --pledge-date)."
                                                       )] = "2011-04-30",
+    reports: Annotated[Path, typer.Option(help="Folder for the recall / false-alarm plot.")] = Path("var/reports"),
 ) -> None:
-    """Replay real history day by day through the monitor and score its early warnings."""
+    """Replay real history day by day through the monitor and score its early warnings: the rules, and the
+    learned early warning trained on the history before the pledge date."""
     from datetime import date as _date
 
     from monitoring.health import load_config
-    from monitoring.replay import TUNING_GRID, replay, tune_actions
+    from monitoring.replay import TUNING_GRID, replay, tune_actions, warning_curve
+    from monitoring.report import write_replay_plot
 
     pledge, end = _date.fromisoformat(pledge_date), _date.fromisoformat(until)
     retail = read_online_retail(online_retail)
@@ -388,8 +398,19 @@ def replay_command(
         config["actions"].update({k: best[k] for k in TUNING_GRID})
         console.print(f"thresholds chosen on {t0}..{t1}: " + ", ".join(f"{k}={best[k]}" for k in TUNING_GRID)
                       + f" (there: flag_recall {tuned.flag_recall:.3f}, false_alarm_rate {tuned.false_alarm_rate:.3f})")
-    score, naive, book = replay(retail.orders.filter(pl.col("ordered_at").dt.date() <= end), pledge, end, config)
-    for name, result in (("monitor", score), ("naive baseline: 14-day units < half the pre-pledge rate", naive)):
+    orders = retail.orders.filter(pl.col("ordered_at").dt.date() <= end)
+    rules = replay(orders, pledge, end, config)
+    console.print(f"learning the early warning on history before {pledge} (comparables by title) ...")
+    from data.market import derive_market
+    from monitoring.warning import title_comparables, train_warning
+    warning = train_warning(orders, derive_market(orders), pledge, config,
+                            neighbours=title_comparables(retail.spus))
+    learned = replay(orders, pledge, end, config, warning=warning) if warning is not None else None
+    runs = [("rules (today's thresholds)", rules.score), ("naive baseline: 14-day units < half the pre-pledge "
+                                                          "rate", rules.naive)]
+    if learned is not None:
+        runs.insert(0, (f"learned early warning (threshold {warning.threshold_:.3f})", learned.score))
+    for name, result in runs:
         table = Table(title=f"replay, {name}: {result.n_positions} positions pledged {pledge}, swept daily to {end}")
         for column in ("", "alert >= 7 days before", "alert later", "no alert", "total"):
             table.add_column(column, justify="right")
@@ -397,10 +418,27 @@ def replay_command(
         table.add_row("no event", str(result.false_alarms), "-", str(result.quiet_ok),
                       str(result.false_alarms + result.quiet_ok))
         console.print(table)
+    if learned is None:
+        _fail(f"too few loss events before {pledge} to learn an early warning; the rules' figures are above")
+    actions = config["actions"]
+    curve = warning_curve(learned, min(actions["topup_ltv"], actions["liquidate_ltv"]))
+    table = Table(title="learned early warning at other thresholds (same positions and sweeps)")
+    for column in curve.columns:
+        table.add_column(column, justify="right")
+    for row in curve.iter_rows():
+        table.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row])
+    console.print(table)
+    plot = write_replay_plot(curve, {"rules": rules.score, "naive": rules.naive, "learned": learned.score},
+                             Path(reports) / f"replay-{pledge}.png")
+    console.print(f"plot: {plot}")
+    score = learned.score
     print(f"flag_recall={score.flag_recall:.4f} false_alarm_rate={score.false_alarm_rate:.4f} "
-          f"median_lead_days={score.median_lead_days:.1f} naive_flag_recall={naive.flag_recall:.4f} "
-          f"naive_false_alarm_rate={naive.false_alarm_rate:.4f} naive_median_lead_days={naive.median_lead_days:.1f} "
-          f"n_events={score.n_events} n_positions={score.n_positions}")
+          f"median_lead_days={score.median_lead_days:.1f} threshold={warning.threshold_:.4f} "
+          f"training_false_alarm_rate={warning.training_false_alarm_rate_:.4f} "
+          f"rules_flag_recall={rules.score.flag_recall:.4f} rules_false_alarm_rate={rules.score.false_alarm_rate:.4f} "
+          f"rules_median_lead_days={rules.score.median_lead_days:.1f} naive_flag_recall={rules.naive.flag_recall:.4f} "
+          f"naive_false_alarm_rate={rules.naive.false_alarm_rate:.4f} n_events={score.n_events} "
+          f"n_positions={score.n_positions}")
 
 
 @app.command("backtest")
@@ -460,8 +498,9 @@ def _print_backtest(summary: dict, positions: pl.DataFrame, retrain: str, second
                   f"{dict(positions['haircut_source'].value_counts().iter_rows())}")
 
 
-def _model_value_fn(model: Optional[str]):
-    """spu_ids -> model values, from the BentoML model (None when there is none and none was asked for)."""
+def _model_for_sweep(model: Optional[str]):
+    """(spu_ids -> model values, the learned early warning) from the BentoML model; (None, None) when there
+    is none and none was asked for."""
     from valuation.model import PledgeModel
 
     try:
@@ -470,7 +509,7 @@ def _model_value_fn(model: Optional[str]):
     except Exception as exc:
         if model:
             _fail(f"cannot load model '{model}': {exc}")
-        return None
+        return None, None
     known = set(pledge_model.catalog.spu_ids)
 
     def values(spu_ids: list[str]) -> pl.DataFrame:
@@ -478,7 +517,7 @@ def _model_value_fn(model: Optional[str]):
         return answers.select("spu_id", "value", "value_low", "value_high").drop_nulls("value") if answers.height \
             else pl.DataFrame(schema={"spu_id": pl.String, "value": pl.Float64, "value_low": pl.Float64,
                                       "value_high": pl.Float64})
-    return values
+    return values, pledge_model.warning
 
 
 def _load_model(model: str):

@@ -135,7 +135,7 @@ class PledgeService:
         self.model.catalog_values()  # value every known SPU now, not on the first request
         self.store = Store()
         self.monitor_config = load_config(os.environ.get("PLEDGEVAL_MONITOR_CONFIG"))
-        self.monitor = Monitor(self.store, self.monitor_config, self._model_values)
+        self.monitor = Monitor(self.store, self.monitor_config, self._model_values, warning=self.model.warning)
         self.sweeps_running: dict[str, str] = {}
         self.sweep_errors: dict[str, str] = {}
         SERVICE_STATE["service"] = self

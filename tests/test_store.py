@@ -3,7 +3,7 @@ import pytest
 import sqlalchemy as sa
 from polars.testing import assert_frame_equal
 
-from data import generate_demo_catalog
+from data import Store, generate_demo_catalog
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +50,31 @@ def test_migrations_are_idempotent(store):
     store.migrate()
     store.migrate()
     with store.engine.connect() as connection:
-        assert connection.execute(sa.text("select version_num from alembic_version")).scalar_one() == "0002"
+        assert connection.execute(sa.text("select version_num from alembic_version")).scalar_one() == "0003"
     assert {"spus", "reviews", "orders", "market", "positions"} <= set(store.metadata.tables)
+
+
+def test_upgrade_keeps_the_sweep_results_of_an_older_schema(tmp_path):
+    from alembic import command
+    from alembic.config import Config
+
+    from data.store import MIGRATIONS
+
+    url = f"sqlite:///{tmp_path}/old.db"
+    engine = sa.create_engine(url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0002")
+        connection.execute(sa.text("insert into sweep_results (sweep_id, position_id, spu_id, value_source, health, "
+                                   "grade, action, reasons) values ('sweep-2024-01-01', 'P1', 'A', 'market', 90, "
+                                   "'A', 'ok', '[]')"))
+    engine.dispose()
+    store = Store(url)  # migrates to the newest schema
+    rows = store.read("sweep_results")
+    store.close()
+    assert rows.height == 1 and rows["position_id"][0] == "P1" and rows["p_loss"][0] is None
 
 
 def test_unknown_table_refused(store):

@@ -260,3 +260,20 @@ def test_store_round_trip(pledge_model, tmp_path, monkeypatch):
     loaded = PledgeModel.load_from_store("pledgeval:latest")
     spu = tables["spus"]["spu_id"][3]
     assert loaded.price([{"spu_id": spu}])["value"][0] == model.price([{"spu_id": spu}])["value"][0]
+
+
+def test_the_early_warning_travels_in_the_model_bundle(pledge_model, tmp_path):
+    from monitoring.warning import WarningModel
+
+    model, _ = pledge_model
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 19))
+    y = X[:, 1] > 0
+    fitted = WarningModel(n_splits=2).fit(X, y, np.arange(300) % 30, np.arange(300) % 60, ~y)
+    model.warning = fitted
+    try:
+        again = PledgeModel.load(model.save(tmp_path / "m"))
+    finally:
+        model.warning = None
+    assert again.warning.threshold_ == fitted.threshold_
+    np.testing.assert_allclose(again.warning.predict_proba(X[:20]), fitted.predict_proba(X[:20]))

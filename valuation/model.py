@@ -29,7 +29,8 @@ from valuation.recovery import LEARNED_COLUMNS, LearnedHaircut, neighbours_from
 from valuation.training import ValueModel, forward_prices, launch_prices
 
 MODEL_NAME = "pledgeval"
-FORMAT_VERSION = 3  # 2: value heads price from comparables by title and by image; 3: learned haircut
+FORMAT_VERSION = 4  # 2: value heads price from comparables by title and by image; 3: learned haircut;
+# 4: the learned haircut's features changed (value interval out, recent activity in); the early warning
 N_COMPARABLES_SHOWN = 3
 MAX_BATCH = 1000
 ANSWER_COLUMNS = ["value", "value_low", "value_high", "head", "haircut", *HAIRCUT_PARTS, *LEARNED_COLUMNS,
@@ -58,6 +59,9 @@ class PledgeModel:
     metrics: dict = field(default_factory=dict)
     data_fingerprint: str = ""
     recovery: LearnedHaircut | None = None  # the learned haircut; None: the rule haircut for every SPU
+    # the health monitor's learned early warning (monitoring.warning), trained with the model on the same
+    # history and kept in the same bundle so that it is versioned and refused with it; None: rules only
+    warning: object | None = None
 
     # -- training -----------------------------------------------------------------------------
     @classmethod
@@ -103,17 +107,15 @@ class PledgeModel:
         return model
 
     def _learn_haircut(self, orders: pl.DataFrame, config: dict) -> LearnedHaircut | None:
-        """Trained on the order history up to the end of its last day, with comparables from the SPU index
-        and the value model's interval width per SPU."""
+        """Trained on the order history up to the end of its last day, with comparables from the SPU index."""
         last = orders["ordered_at"].max()
         until = datetime.combine(last.date(), datetime.min.time()) + timedelta(days=1)
-        valued = self.catalog_values()
-        uncertainty = valued.select("spu_id", ((pl.col("value_high") - pl.col("value_low")) / pl.col("value"))
-                                    .alias("value_uncertainty"))
-        k = config["neighbours"]
+        return LearnedHaircut.train(orders, until, self.comparables(config["neighbours"]), config)
+
+    def comparables(self, k: int) -> pl.DataFrame:
+        """spu_id -> its ``k`` nearest other known SPUs in the SPU index (content vectors)."""
         hits = self.index.search(self.catalog.content, min(len(self.index), k + 1))
-        return LearnedHaircut.train(orders, until, neighbours_from(self.catalog.spu_ids, hits, k), uncertainty,
-                                    config)
+        return neighbours_from(self.catalog.spu_ids, hits, k)
 
     # -- pricing ------------------------------------------------------------------------------
     def price(self, requests: pl.DataFrame | list[dict]) -> pl.DataFrame:
@@ -292,6 +294,7 @@ class PledgeModel:
         self.side.write_parquet(folder / "side.parquet")
         joblib.dump(self.values, folder / "values.joblib")
         joblib.dump(self.recovery, folder / "recovery.joblib")
+        joblib.dump(self.warning, folder / "warning.joblib")
         (folder / "model.json").write_text(json.dumps({
             "format": FORMAT_VERSION, "encoder": config, "fingerprint": self.embedder.encoder.fingerprint,
             "embedder": self.embedder.state(), "policy": self.policy, "metrics": self.metrics,
@@ -325,7 +328,7 @@ class PledgeModel:
         return cls(encoder_config=encoder_config, embedder=embedder, index=index, catalog=catalog,
                    side=pl.read_parquet(folder / "side.parquet"), values=joblib.load(folder / "values.joblib"),
                    policy=meta["policy"], metrics=meta["metrics"], data_fingerprint=meta["data_fingerprint"],
-                   recovery=joblib.load(folder / "recovery.joblib"))
+                   recovery=joblib.load(folder / "recovery.joblib"), warning=joblib.load(folder / "warning.joblib"))
 
     def save_to_store(self, labels: dict | None = None) -> str:
         """Save as a BentoML model ``pledgeval:<version>``; returns the tag."""
