@@ -12,14 +12,15 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Callable
 
 import polars as pl
-import sqlalchemy as sa
 
 from data import Store
+from data.sweeps import SweepStore
 from monitoring.health import load_config, score_book
 
 LOCK_NAME = "sweep"
@@ -53,63 +54,72 @@ class Monitor:
         self.config = config or load_config()
         self.value_fn = value_fn
         self.warning = warning
+        self.sweeps = SweepStore(store)
         self.holder = f"{socket.gethostname()}:{os.getpid()}"
 
     # -- reading ------------------------------------------------------------------------------
     def latest_market_date(self) -> date | None:
-        return self.market_dates()[1]
-
-    def market_dates(self) -> tuple[date | None, date | None]:
-        """First and last day of the market snapshots in the store (None, None when there are none)."""
-        market = self.store.table("market")
-        with self.store.engine.connect() as connection:
-            return tuple(connection.execute(sa.select(sa.func.min(market.c.date), sa.func.max(market.c.date))).one())
+        return self.sweeps.market_dates()[1]
 
     def check_as_of(self, as_of: date) -> None:
         """A sweep is as of a day that has come (a future one would score every position stale and stay
         the latest sweep for good) and that the market data reaches (an earlier one scores an empty book)."""
-        first, _ = self.market_dates()
+        first, _ = self.sweeps.market_dates()
         if first is None:
             raise ValueError("no market data in the store: load market snapshots first")
         if not first <= as_of <= date.today():
             raise ValueError(f"as_of: {as_of} must be between the first market day {first} and today {date.today()}")
 
     def latest_sweep_id(self) -> str | None:
-        sweeps = self.store.table("sweeps")
-        with self.store.engine.connect() as connection:
-            return connection.execute(sa.select(sweeps.c.sweep_id).order_by(sweeps.c.as_of.desc()).limit(1)).scalar()
+        return self.sweeps.latest_sweep_id()
 
     def get_sweep(self, sweep_id: str) -> dict | None:
-        sweeps = self.store.table("sweeps")
-        with self.store.engine.connect() as connection:
-            row = connection.execute(sa.select(sweeps).where(sweeps.c.sweep_id == sweep_id)).mappings().first()
-        return None if row is None else {**row, "summary": json.loads(row["summary"])}
+        return self.sweeps.get_sweep(sweep_id)
 
     def results(self, sweep_id: str) -> pl.DataFrame:
-        frame = self.store.read("sweep_results", self.store.table("sweep_results").c.sweep_id == sweep_id)
-        return frame.with_columns(pl.col("reasons").str.json_decode(pl.List(pl.String)))
+        return self.sweeps.results(sweep_id)
 
     def position_history(self, position_id: str) -> tuple[pl.DataFrame, pl.DataFrame]:
         """(results over time, alerts) of one position, oldest first."""
-        results = self.store.table("sweep_results")
-        sweeps = self.store.table("sweeps")
-        query = (sa.select(sweeps.c.as_of, results).join(sweeps, sweeps.c.sweep_id == results.c.sweep_id)
-                 .where(results.c.position_id == position_id).order_by(sweeps.c.as_of))
-        with self.store.engine.connect() as connection:
-            rows = [dict(r) for r in connection.execute(query).mappings()]
-        alerts = self.store.read("alerts", self.store.table("alerts").c.position_id == position_id)
-        return pl.DataFrame(rows, infer_schema_length=None), alerts.sort("as_of") if alerts.height else alerts
+        return self.sweeps.position_history(position_id)
 
-    def _previous_actions(self, as_of: date) -> pl.DataFrame | None:
-        sweeps, results = self.store.table("sweeps"), self.store.table("sweep_results")
-        with self.store.engine.connect() as connection:
-            last = connection.execute(sa.select(sweeps.c.sweep_id).where(sweeps.c.as_of < as_of)
-                                      .order_by(sweeps.c.as_of.desc()).limit(1)).scalar()
-            if last is None:
-                return None
-            rows = connection.execute(sa.select(results.c.position_id, results.c.action)
-                                      .where(results.c.sweep_id == last)).all()
-        return pl.DataFrame(rows, schema={"position_id": pl.String, "action": pl.String}, orient="row")
+    def status(self, sweep_id: str) -> dict | None:
+        """What every worker sees of a sweep: the stored sweep when complete, else its run (running,
+        waiting for the lock, or failed with the error); None when nobody asked for it."""
+        stored = self.sweeps.get_sweep(sweep_id)
+        if stored is not None:
+            return stored
+        run = self.sweeps.get_run(sweep_id)
+        if run is None:
+            return None
+        return {"sweep_id": sweep_id, "status": run["status"], "since": run["started_at"], "error": run["error"]}
+
+    # -- asked-for sweeps (the service's POST /sweep) ------------------------------------------
+    def request_sweep(self, as_of: date) -> tuple[str, bool]:
+        """(sweep_id, whether this process must run it): True for exactly one of any number of concurrent
+        requests across processes, while the sweep is neither complete nor running elsewhere."""
+        sweep_id = sweep_id_for(as_of)
+        return sweep_id, self.sweeps.claim_run(sweep_id, self.holder, datetime.now(), _run_is_dead)
+
+    def run_requested(self, as_of: date, retry_every: float = 2.0) -> None:
+        """Run a sweep this process claimed, recording its state in the store for every worker: waiting
+        while another scheduler holds the lock (up to LOCK_TTL), failed with the error if it fails."""
+        sweep_id = sweep_id_for(as_of)
+        deadline = datetime.now() + LOCK_TTL
+        while True:
+            try:
+                if not self.run_sweep(as_of).created:
+                    self.sweeps.finish_run(sweep_id, self.holder)
+                return
+            except SweepLocked as exc:
+                if datetime.now() > deadline:
+                    self.sweeps.set_run(sweep_id, self.holder, "failed", f"the sweep lock stayed taken: {exc}")
+                    return
+                self.sweeps.set_run(sweep_id, self.holder, "waiting", str(exc))
+                time.sleep(retry_every)
+            except Exception as exc:
+                self.sweeps.set_run(sweep_id, self.holder, "failed", f"{type(exc).__name__}: {exc}")
+                raise
 
     # -- sweeping -----------------------------------------------------------------------------
     def run_sweep(self, as_of: date | None = None, *, market: pl.DataFrame | None = None,
@@ -134,7 +144,7 @@ class Monitor:
             started = datetime.now()
             positions = positions if positions is not None else self.store.read("positions")
             if market is None:
-                market = self.store.read("market", self.store.table("market").c.date <= as_of)
+                market = self.sweeps.market(until=as_of)
             results = self.score(positions, market, as_of)
             summary = summarise(results)
             self._write(sweep_id, as_of, started, results, summary)
@@ -148,7 +158,7 @@ class Monitor:
             stale = stale_spus(positions, market, as_of, self.config)
             if stale:
                 model_values = self.value_fn(stale)
-        return score_book(positions, market, as_of, self.config, model_values, self._previous_actions(as_of),
+        return score_book(positions, market, as_of, self.config, model_values, self.sweeps.previous_actions(as_of),
                           self.warning)
 
     def _write(self, sweep_id: str, as_of: date, started: datetime, results: pl.DataFrame, summary: dict) -> None:
@@ -166,36 +176,21 @@ class Monitor:
                               "started_at": [started], "completed_at": [datetime.now()],
                               "n_positions": [results.height], "n_alerts": [alerts.height],
                               "summary": [json.dumps(summary, default=str)]})
-        # One transaction: the sweep row is written last, so a sweep row always means complete results.
-        self.store.upsert_many({"sweep_results": stored, "alerts": alerts, "sweeps": sweep})
+        self.sweeps.write_sweep(stored, alerts, sweep)
 
     # -- the lock -----------------------------------------------------------------------------
     def _acquire(self) -> None:
-        locks = self.store.table("locks")
-        now = datetime.now()
-        with self.store.engine.begin() as connection:
-            row = connection.execute(sa.select(locks).where(locks.c.name == LOCK_NAME)).mappings().first()
-            if row is not None and not _lock_is_dead(row, now):
-                raise SweepLocked(f"another sweep is running ({row['holder']}, lock until {row['expires_at']})")
-            if row is not None:
-                connection.execute(sa.delete(locks).where(locks.c.name == LOCK_NAME)
-                                   .where(locks.c.holder == row["holder"]))
-            try:
-                connection.execute(sa.insert(locks).values(name=LOCK_NAME, holder=self.holder,
-                                                           expires_at=now + LOCK_TTL))
-            except sa.exc.IntegrityError as exc:
-                raise SweepLocked("another sweep took the lock just now") from exc
+        held = self.sweeps.acquire_lock(LOCK_NAME, self.holder, datetime.now() + LOCK_TTL, _lock_is_dead)
+        if held is not None:
+            raise SweepLocked(f"another sweep is running ({held})")
 
     def _release(self) -> None:
-        locks = self.store.table("locks")
-        with self.store.engine.begin() as connection:
-            connection.execute(sa.delete(locks).where(locks.c.name == LOCK_NAME).where(locks.c.holder == self.holder))
+        self.sweeps.release_lock(LOCK_NAME, self.holder)
 
 
-def _lock_is_dead(row, now: datetime) -> bool:
-    if row["expires_at"] < now:
-        return True
-    host, _, pid = row["holder"].rpartition(":")
+def _holder_is_dead(holder: str) -> bool:
+    """A holder (host:pid) on this host whose process is gone."""
+    host, _, pid = holder.rpartition(":")
     if host == socket.gethostname() and pid.isdigit():
         try:
             os.kill(int(pid), 0)
@@ -204,6 +199,14 @@ def _lock_is_dead(row, now: datetime) -> bool:
         except PermissionError:
             return False
     return False
+
+
+def _lock_is_dead(row: dict) -> bool:
+    return row["expires_at"] < datetime.now() or _holder_is_dead(row["holder"])
+
+
+def _run_is_dead(row: dict) -> bool:
+    return row["updated_at"] < datetime.now() - LOCK_TTL or _holder_is_dead(row["holder"])
 
 
 def stale_spus(positions: pl.DataFrame, market: pl.DataFrame, as_of: date, config: dict) -> list[str]:

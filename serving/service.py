@@ -30,7 +30,6 @@ from serving.auth import ApiKeyMiddleware, api_key, bind_host
 from serving.schemas import MAX_BATCH, PriceItem, SpuQuery, status_of
 
 log = logging.getLogger("pledgeval")
-MODEL_TAG = os.environ.get("PLEDGEVAL_MODEL", "pledgeval:latest")
 WORST_SHOWN = 10
 INLINE_BATCH = 16  # known-SPU requests up to this size are answered on the event loop
 DEMO_DIR = Path(os.environ.get("PLEDGEVAL_DEMO_DIR", "var/demo"))
@@ -39,33 +38,24 @@ BACKTEST_REPORT = Path(os.environ.get("PLEDGEVAL_BACKTEST_REPORT", "var/reports/
 
 
 def _load_model():
-    from valuation.model import PledgeModel
+    """The served model; with an empty store the demo one is built first (one worker builds while the
+    others wait on a file lock, then all load it), unless PLEDGEVAL_BUILD_DEMO=off."""
+    from monitoring.jobs import demo_model
+    from valuation.pipeline import MODEL_TAG, resolve_model
 
     try:
-        return PledgeModel.load_from_store(MODEL_TAG)
-    except bentoml.exceptions.NotFound:
-        where = os.environ.get("BENTOML_HOME", "~/bentoml")
+        return resolve_model(MODEL_TAG)
+    except LookupError:
         if os.environ.get("PLEDGEVAL_BUILD_DEMO", "on") == "off":
+            where = os.environ.get("BENTOML_HOME", "~/bentoml")
             raise RuntimeError(f"no model {MODEL_TAG} in the BentoML store ({where}); train one with "
                                "`pledgeval train` or allow the demo build (PLEDGEVAL_BUILD_DEMO=on)") from None
     from filelock import FileLock
 
-    # Every worker process starts here; one builds the demo model while the others wait, then all load it.
     DEMO_DIR.mkdir(parents=True, exist_ok=True)
     with FileLock(str(DEMO_DIR / ".build.lock")):
-        try:
-            return PledgeModel.load_from_store(MODEL_TAG)
-        except bentoml.exceptions.NotFound:
-            pass
-        log.warning("no model %s in the BentoML store (%s): building the demo model", MODEL_TAG, where)
-        from serving.cli import train
-        from data import generate_demo_catalog
-
-        if not (DEMO_DIR / "spus.parquet").is_file():
-            generate_demo_catalog(DEMO_DIR)
-        train(catalog=DEMO_DIR, online_retail=None, until=None, config="minilm-rn-tiny", checkpoint=None,
-              tower_epochs=20, cache=Path("var/cache/vectors.db"))
-        return PledgeModel.load_from_store(MODEL_TAG)
+        log.warning("no model %s in the BentoML store: building the demo model if no other worker has", MODEL_TAG)
+        return demo_model(DEMO_DIR, log=None)
 
 
 def _json_rows(frame: pl.DataFrame) -> list[dict]:
@@ -126,6 +116,7 @@ class PledgeService:
     def __init__(self) -> None:
         from data import Store
         from monitoring import Monitor, load_config
+        from valuation.pipeline import value_function
 
         if api_key() is None:
             log.warning("PLEDGEVAL_API_KEY is not set: no key is asked for, and the service binds to "
@@ -135,9 +126,7 @@ class PledgeService:
         self.model.catalog_values()  # value every known SPU now, not on the first request
         self.store = Store()
         self.monitor_config = load_config(os.environ.get("PLEDGEVAL_MONITOR_CONFIG"))
-        self.monitor = Monitor(self.store, self.monitor_config, self._model_values, warning=self.model.warning)
-        self.sweeps_running: dict[str, str] = {}
-        self.sweep_errors: dict[str, str] = {}
+        self.monitor = Monitor(self.store, self.monitor_config, value_function(self.model), warning=self.model.warning)
         SERVICE_STATE["service"] = self
         if os.environ.get("PLEDGEVAL_SCHEDULE", "on") != "off":
             threading.Thread(target=self._scheduler, name="sweep-scheduler", daemon=True).start()
@@ -210,8 +199,6 @@ class PledgeService:
     @bentoml.api(route="/sweep")
     def sweep(self, as_of: str | None = None) -> dict:
         """Start a sweep in the background; poll GET /sweeps/{sweep_id}."""
-        from monitoring import sweep_id_for
-
         try:
             when = date.fromisoformat(as_of) if as_of else self.monitor.latest_market_date()
         except ValueError as exc:
@@ -223,39 +210,32 @@ class PledgeService:
             self.monitor.check_as_of(when)
         except ValueError as exc:
             raise BentoMLException(str(exc), error_code=HTTPStatus.UNPROCESSABLE_ENTITY) from exc
-        sweep_id = sweep_id_for(when)
-        if sweep_id not in self.sweeps_running:
-            self.sweeps_running[sweep_id] = datetime.now().isoformat()
+        # the store decides who runs it: one claim wins across workers; the rest answer with its id
+        sweep_id, mine = self.monitor.request_sweep(when)
+        if mine:
             threading.Thread(target=self._run_sweep, args=(when,), daemon=True).start()
         return {"sweep_id": sweep_id, "status_url": f"/sweeps/{sweep_id}"}
 
     def _run_sweep(self, when: date) -> None:
-        from monitoring import sweep_id_for
-
-        sweep_id = sweep_id_for(when)
         try:
-            self.monitor.run_sweep(when)
-            self.sweep_errors.pop(sweep_id, None)
-        except Exception as exc:  # reported on GET /sweeps/{id}; the service keeps serving
-            log.exception("sweep %s failed", sweep_id)
-            self.sweep_errors[sweep_id] = f"{type(exc).__name__}: {exc}"
-        finally:
-            self.sweeps_running.pop(sweep_id, None)
+            self.monitor.run_requested(when)
+        except Exception:  # recorded in the store as failed (GET /sweeps/{id}); the service keeps serving
+            log.exception("sweep of %s failed", when)
 
     def sweep_status(self, sweep_id: str) -> dict:
-        """A sweep's totals and its worst positions; ``latest`` is the most recent completed sweep."""
+        """A sweep's totals and its worst positions; ``latest`` is the most recent completed sweep. A sweep
+        not complete yet answers its run's status (running, waiting for the lock, failed), from the store,
+        whichever worker runs it."""
         sweep_id = self._resolve_sweep(sweep_id)
-        stored = self.monitor.get_sweep(sweep_id)
-        if stored is not None:
-            worst = self.monitor.results(sweep_id).sort("health").head(WORST_SHOWN).select(
-                "position_id", "spu_id", "unit_value", "ltv", "health", "grade", "action", "reasons")
-            return {**json.loads(json.dumps(stored, default=str)), "worst": _json_rows(worst),
-                    "report_url": f"/sweeps/{sweep_id}/report"}
-        if sweep_id in self.sweeps_running:
-            return {"sweep_id": sweep_id, "status": "running", "since": self.sweeps_running[sweep_id]}
-        if sweep_id in self.sweep_errors:
-            return {"sweep_id": sweep_id, "status": "failed", "error": self.sweep_errors[sweep_id]}
-        raise BentoMLException(f"unknown sweep_id '{sweep_id}'", error_code=HTTPStatus.NOT_FOUND)
+        status = self.monitor.status(sweep_id)
+        if status is None:
+            raise BentoMLException(f"unknown sweep_id '{sweep_id}'", error_code=HTTPStatus.NOT_FOUND)
+        if status["status"] != "completed":
+            return json.loads(json.dumps(status, default=str))
+        worst = self.monitor.results(sweep_id).sort("health").head(WORST_SHOWN).select(
+            "position_id", "spu_id", "unit_value", "ltv", "health", "grade", "action", "reasons", "p_loss")
+        return {**json.loads(json.dumps(status, default=str)), "worst": _json_rows(worst),
+                "report_url": f"/sweeps/{sweep_id}/report"}
 
     def _resolve_sweep(self, sweep_id: str) -> str:
         if sweep_id != "latest":
@@ -272,8 +252,7 @@ class PledgeService:
         stored = self.monitor.get_sweep(sweep_id)
         if stored is None:
             raise BentoMLException(f"unknown sweep_id '{sweep_id}'", error_code=HTTPStatus.NOT_FOUND)
-        as_of = stored["as_of"]
-        market = self.store.read("market", self.store.table("market").c.date <= as_of)
+        market = self.monitor.sweeps.market(until=stored["as_of"])
         return render_report(stored, self.monitor.results(sweep_id), market)
 
     def catalog_thumbnail(self, spu_id: str) -> bytes:
@@ -303,26 +282,17 @@ class PledgeService:
     def position_health(self, position_id: str) -> dict:
         history, alerts = self.monitor.position_history(position_id)
         if history.height == 0:
-            positions = self.store.read("positions", self.store.table("positions").c.position_id == position_id)
-            if positions.height == 0:
+            if self.monitor.sweeps.position(position_id).height == 0:
                 raise BentoMLException(f"unknown position_id '{position_id}'", error_code=HTTPStatus.NOT_FOUND)
             raise BentoMLException(f"position '{position_id}' has not been swept yet: POST /sweep",
                                    error_code=HTTPStatus.CONFLICT)
         history = history.with_columns(pl.col("reasons").str.json_decode(pl.List(pl.String)))
         latest = _json_rows(history.tail(1))[0]
-        market_table = self.store.table("market")
-        market = self.store.read("market", market_table.c.spu_id == latest["spu_id"]).sort("date")
+        market = self.monitor.sweeps.market(spu_id=latest["spu_id"]).sort("date")
         return {"position_id": position_id, "latest": latest,
                 "history": _json_rows(history.select("as_of", "unit_value", "ltv", "health", "grade", "action")),
                 "alerts": _json_rows(alerts) if alerts.height else [],
                 "market": _json_rows(market.select("date", "price", "units_sold"))}
-
-    def _model_values(self, spu_ids: list[str]) -> pl.DataFrame:
-        answers = self.model.price([{"spu_id": s} for s in spu_ids if s in self.model.known_spu_ids])
-        if answers.height == 0:
-            return pl.DataFrame(schema={"spu_id": pl.String, "value": pl.Float64, "value_low": pl.Float64,
-                                        "value_high": pl.Float64})
-        return answers.select("spu_id", "value", "value_low", "value_high").drop_nulls("value")
 
     def _scheduler(self) -> None:
         """Sweeps on the cron schedule of monitor.toml; the store's lock keeps schedulers apart."""

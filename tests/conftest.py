@@ -132,7 +132,7 @@ def wait_for_sweep(client: httpx.Client, sweep_id: str, timeout: float = 120) ->
         assert status["status"] != "failed", f"sweep {sweep_id} failed: {status.get('error')}"
         if status["status"] == "completed":
             return status
-        assert status["status"] == "running" and status.get("since"), status
+        assert status["status"] in ("running", "waiting") and status.get("since"), status
         assert time.monotonic() < deadline, f"sweep {sweep_id} still running after {timeout} s"
         time.sleep(0.5)
 

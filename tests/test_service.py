@@ -115,3 +115,23 @@ def test_desk_page_is_open_but_its_data_needs_the_key(server):
     assert max(Image.open(io.BytesIO(thumb.content)).size) <= 128
     missing = client.get("/catalog/NO-SUCH-SPU/image")
     assert missing.status_code == 404 and "NO-SUCH-SPU" in missing.text
+
+
+def test_sweep_status_is_shared_by_both_workers_and_one_request_runs_it(server):
+    """Two worker processes serve this service: whichever answers a GET must know a sweep the other
+    started, and concurrent POSTs for one date start one run, never a failed second one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    client, tables = server
+    market_days = sorted(tables["orders"]["ordered_at"].dt.date().unique().to_list())
+    as_of = market_days[-3].isoformat()  # a day no other test sweeps
+    with ThreadPoolExecutor(10) as pool:
+        posts = list(pool.map(lambda _: client.post("/sweep", json={"as_of": as_of}), range(10)))
+    assert all(p.status_code == 200 for p in posts), [p.text for p in posts]
+    sweep_id = posts[0].json()["sweep_id"]
+    assert {p.json()["sweep_id"] for p in posts} == {sweep_id}
+    with ThreadPoolExecutor(4) as pool:
+        polls = list(pool.map(lambda _: client.get(f"/sweeps/{sweep_id}"), range(20)))
+    assert [p.status_code for p in polls] == [200] * 20, [p.text for p in polls if p.status_code != 200]
+    assert all(p.json()["status"] in ("running", "waiting", "completed") for p in polls)
+    assert wait_for_sweep(client, sweep_id)["status"] == "completed"
