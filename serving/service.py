@@ -27,6 +27,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from serving.auth import ApiKeyMiddleware, api_key, bind_host
+from serving.errors import ErrorShapeMiddleware, quiet_client_errors
 from serving.schemas import MAX_BATCH, PriceItem, SpuQuery, status_of
 
 log = logging.getLogger("pledgeval")
@@ -121,6 +122,7 @@ class PledgeService:
         if api_key() is None:
             log.warning("PLEDGEVAL_API_KEY is not set: no key is asked for, and the service binds to "
                         "127.0.0.1 only")
+        quiet_client_errors()
         self.model = _load_model()
         self._one_thread_per_request()
         self.model.catalog_values()  # value every known SPU now, not on the first request
@@ -316,3 +318,4 @@ class PledgeService:
 
 
 PledgeService.add_asgi_middleware(ApiKeyMiddleware)
+PledgeService.add_asgi_middleware(ErrorShapeMiddleware)

@@ -135,3 +135,16 @@ def test_sweep_status_is_shared_by_both_workers_and_one_request_runs_it(server):
     assert [p.status_code for p in polls] == [200] * 20, [p.text for p in polls if p.status_code != 200]
     assert all(p.json()["status"] in ("running", "waiting", "completed") for p in polls)
     assert wait_for_sweep(client, sweep_id)["status"] == "completed"
+
+
+def test_every_error_has_one_shape_naming_the_field(server):
+    client, _ = server
+    empty = client.post("/price", json={"items": []})
+    assert empty.status_code == 422 and empty.json() == {"error": "items: empty"}
+    invalid = client.post("/price", json={"items": [{"spu_id": "A", "quantity": -1}]})
+    body = invalid.json()
+    assert invalid.status_code == 400 and body["error"].startswith("items[0].quantity: ") and body["detail"]
+    for response in (client.get("/positions/NOPE/health"), client.get("/sweeps/nope"),
+                     client.post("/sweep", json={"as_of": "bad"}),
+                     httpx.post(f"{client.base_url}/price", json={"items": []}, timeout=10)):
+        assert response.status_code >= 400 and isinstance(response.json(), dict) and response.json()["error"]
