@@ -17,7 +17,7 @@ and a query by title and/or image is the content vector of what it has.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Sequence
 
@@ -52,6 +52,12 @@ class SpuVectors:
         if self.n_reviews is None:
             self.n_reviews = np.zeros(n)
 
+    @classmethod
+    def array_fields(cls) -> tuple[str, ...]:
+        """The per-SPU arrays (one row per SPU), declared once by the dataclass itself: take, concat, save
+        and load all go through this list, so a new modality is one new field."""
+        return tuple(f.name for f in fields(cls) if f.type in ("np.ndarray", np.ndarray))
+
     def take(self, spu_ids: list[str]) -> "SpuVectors":
         """The rows of these SPUs, in this order."""
         position = {s: i for i, s in enumerate(self.spu_ids)}
@@ -59,12 +65,33 @@ class SpuVectors:
         if missing:
             raise KeyError(f"no vectors for spu_id {missing[:5]}")
         rows = np.array([position[s] for s in spu_ids], dtype=np.int64)
-        return SpuVectors(spu_ids=list(spu_ids), vectors=self.vectors[rows], content=self.content[rows],
-                          image=self.image[rows], title=self.title[rows],
-                          has={k: v[rows] for k, v in self.has.items()}, negativity=self.negativity[rows],
+        return SpuVectors(spu_ids=list(spu_ids), has={k: v[rows] for k, v in self.has.items()},
                           order_features=pl.DataFrame({"spu_id": list(spu_ids)}).join(
                               self.order_features, on="spu_id", how="left", maintain_order="left"),
-                          rating=self.rating[rows], n_reviews=self.n_reviews[rows])
+                          **{name: getattr(self, name)[rows] for name in self.array_fields()})
+
+    @classmethod
+    def concat(cls, parts: list["SpuVectors"]) -> "SpuVectors":
+        if len(parts) == 1:
+            return parts[0]
+        return cls(spu_ids=[s for p in parts for s in p.spu_ids],
+                   has={k: np.concatenate([p.has[k] for p in parts]) for k in parts[0].has},
+                   order_features=pl.concat([p.order_features.select("spu_id", *ORDER_FEATURES) for p in parts],
+                                            how="vertical_relaxed"),
+                   **{name: np.concatenate([getattr(p, name) for p in parts]) for name in cls.array_fields()})
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Every array by name (``has`` as ``has_<modality>``), for ``np.savez``; ``order_features`` apart."""
+        return {"spu_ids": np.array(self.spu_ids), **{n: getattr(self, n) for n in self.array_fields()},
+                **{f"has_{k}": v for k, v in self.has.items()}}
+
+    @classmethod
+    def from_arrays(cls, arrays, order_features: pl.DataFrame) -> "SpuVectors":
+        """The inverse of ``arrays`` (an ``np.load`` result or a dict)."""
+        names = list(arrays.files if hasattr(arrays, "files") else arrays)
+        return cls(spu_ids=arrays["spu_ids"].tolist(), order_features=order_features,
+                   has={k[4:]: arrays[k] for k in names if k.startswith("has_")},
+                   **{n: arrays[n] for n in cls.array_fields() if n in names})
 
     def frame(self) -> pl.DataFrame:
         """Per-SPU side data for the index's metadata file."""

@@ -22,7 +22,6 @@ import polars as pl
 from embeddings import EncoderConfig, SpuEmbedder, SpuIndex, SpuVectors, create_encoder
 from embeddings.catalog import build_spu_index
 from embeddings.encoder import ImageError
-from embeddings.features import ORDER_FEATURES
 from embeddings.matching import best_candidate
 from valuation.policy import HAIRCUT_PARTS, AdmissionPolicy, HaircutPolicy, load_policy
 from valuation.recovery import LEARNED_COLUMNS, LearnedHaircut, neighbours_from
@@ -176,7 +175,7 @@ class PledgeModel:
                 errors[position] = f"images: {exc}"
         if not parts:
             return [], None
-        return good, _concat_vectors(parts)
+        return good, SpuVectors.concat(parts)
 
     def _answer(self, rows, errors, new_rows, new_vectors, matched) -> pl.DataFrame:
         threshold = self.policy.get("matching", {}).get("threshold", 0.9)
@@ -286,11 +285,8 @@ class PledgeModel:
             shutil.copyfile(self.encoder_config.checkpoint, folder / "image-tower.pt")
             config["checkpoint"] = "image-tower.pt"
         self.index.save(folder / "index")
-        c = self.catalog
-        np.savez(folder / "catalog.npz", spu_ids=np.array(c.spu_ids), vectors=c.vectors, content=c.content,
-                 image=c.image, title=c.title, negativity=c.negativity, rating=c.rating, n_reviews=c.n_reviews,
-                 **{f"has_{k}": v for k, v in c.has.items()})
-        c.order_features.write_parquet(folder / "order_features.parquet")
+        np.savez(folder / "catalog.npz", **self.catalog.arrays())
+        self.catalog.order_features.write_parquet(folder / "order_features.parquet")
         self.side.write_parquet(folder / "side.parquet")
         joblib.dump(self.values, folder / "values.joblib")
         joblib.dump(self.recovery, folder / "recovery.joblib")
@@ -318,13 +314,8 @@ class PledgeModel:
                              f"saved {meta['fingerprint']}")
         embedder = SpuEmbedder(encoder).load_state(meta["embedder"])
         index = SpuIndex.load(folder / "index", fingerprint=encoder.fingerprint)
-        arrays = np.load(folder / "catalog.npz", allow_pickle=False)
-        catalog = SpuVectors(spu_ids=arrays["spu_ids"].tolist(), vectors=arrays["vectors"], content=arrays["content"],
-                             image=arrays["image"], title=arrays["title"],
-                             has={k[4:]: arrays[k] for k in arrays.files if k.startswith("has_")},
-                             negativity=arrays["negativity"],
-                             order_features=pl.read_parquet(folder / "order_features.parquet"),
-                             rating=arrays["rating"], n_reviews=arrays["n_reviews"])
+        catalog = SpuVectors.from_arrays(np.load(folder / "catalog.npz", allow_pickle=False),
+                                         pl.read_parquet(folder / "order_features.parquet"))
         return cls(encoder_config=encoder_config, embedder=embedder, index=index, catalog=catalog,
                    side=pl.read_parquet(folder / "side.parquet"), values=joblib.load(folder / "values.joblib"),
                    policy=meta["policy"], metrics=meta["metrics"], data_fingerprint=meta["data_fingerprint"],
@@ -376,20 +367,6 @@ def _image_bytes(image) -> bytes:
         return Path(image).read_bytes()
     except (OSError, TypeError) as exc:
         raise ImageError(f"cannot read image {str(image)[:200]!r}: {exc}") from exc
-
-
-def _concat_vectors(parts: list[SpuVectors]) -> SpuVectors:
-    if len(parts) == 1:
-        return parts[0]
-    return SpuVectors(
-        spu_ids=[s for p in parts for s in p.spu_ids], vectors=np.concatenate([p.vectors for p in parts]),
-        content=np.concatenate([p.content for p in parts]), image=np.concatenate([p.image for p in parts]),
-        title=np.concatenate([p.title for p in parts]),
-        has={k: np.concatenate([p.has[k] for p in parts]) for k in parts[0].has},
-        negativity=np.concatenate([p.negativity for p in parts]),
-        order_features=pl.concat([p.order_features.select("spu_id", *ORDER_FEATURES) for p in parts],
-                                 how="vertical_relaxed"),
-        rating=np.concatenate([p.rating for p in parts]), n_reviews=np.concatenate([p.n_reviews for p in parts]))
 
 
 def _fingerprint_tables(tables: dict[str, pl.DataFrame]) -> str:
