@@ -22,3 +22,12 @@ def derive_market(orders: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
         .cast(MARKET.polars_schema)
         .collect()
     )
+
+
+def weekly_volatility(sales: pl.LazyFrame, when: str, price: str) -> pl.LazyFrame:
+    """Per SPU: the daily volatility of its price, as the standard deviation of week-to-week log changes
+    of its weekly median ``price`` (by ``when``), divided by sqrt(7). Null with fewer than three weeks of
+    sales: each caller says what it assumes then. The one definition for the haircut and the monitor."""
+    return (sales.group_by("spu_id", pl.col(when).dt.truncate("1w").alias("_week"))
+            .agg(pl.col(price).median().alias("_price")).sort("spu_id", "_week")
+            .group_by("spu_id").agg((pl.col("_price").log().diff().std() / 7 ** 0.5).alias("volatility")))

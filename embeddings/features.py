@@ -7,6 +7,8 @@ from datetime import datetime, timedelta
 import numpy as np
 import polars as pl
 
+from data.market import weekly_volatility
+
 ORDER_FEATURES = ("price_level", "volatility", "sales_velocity", "cancel_rate")
 
 # Anchors for the zero-shot negative-feedback direction: review vectors near the first set and far
@@ -37,10 +39,8 @@ def order_features(orders: pl.DataFrame | pl.LazyFrame, as_of: datetime | None =
     sold = window.filter(~pl.col("cancelled"))
     # Volatility from week-to-week moves of the weekly median price, as a daily figure (/ sqrt 7): daily
     # medians of a few noisy order lines would read line-to-line price scatter as market risk.
-    weekly = (sold.group_by("spu_id", pl.col("ordered_at").dt.truncate("1w").alias("week"))
-              .agg(pl.col("unit_price").median().alias("price")).sort("spu_id", "week")
-              .group_by("spu_id").agg((pl.col("price").log().diff().std() / 7 ** 0.5).fill_null(0.0)
-                                      .alias("volatility")))
+    # an SPU with under three weeks of sales shows no measurable volatility yet: 0 in its order vector
+    weekly = weekly_volatility(sold, "ordered_at", "unit_price").with_columns(pl.col("volatility").fill_null(0.0))
     volatility = (sold.group_by("spu_id").agg(
         pl.col("unit_price").median().log().alias("price_level"),
         (pl.col("quantity").sum() / window_days).log1p().alias("sales_velocity"),

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from data.market import weekly_volatility
+
 DEFAULT_CONFIG = Path(__file__).with_name("monitor.toml")
 ACTIONS = ("ok", "watch", "top-up", "liquidate")  # in order of severity
 ACTION_RANK = {a: i for i, a in enumerate(ACTIONS)}
@@ -31,10 +33,8 @@ def spu_market_state(market: pl.LazyFrame | pl.DataFrame, as_of: date, config: d
     d = pl.lit(as_of)
     seen = market.lazy().filter(pl.col("date") <= d)
     days_ago = (d - pl.col("date")).dt.total_days()
-    weekly = (seen.filter(days_ago < 84)
-              .group_by("spu_id", pl.col("date").dt.truncate("1w").alias("week"))
-              .agg(pl.col("price").median()).sort("spu_id", "week")
-              .group_by("spu_id").agg((pl.col("price").log().diff().std() / 7 ** 0.5).alias("volatility")))
+    # null with under three weeks of sales: no volatility penalty then (the same 0 the haircut assumes)
+    weekly = weekly_volatility(seen.filter(days_ago < 84), "date", "price")
     return (seen.group_by("spu_id").agg(
         pl.col("date").min().alias("first_sale"),
         pl.col("date").max().alias("last_sale"),
