@@ -20,22 +20,16 @@ import bentoml
 import numpy as np
 import polars as pl
 from bentoml.exceptions import BentoMLException
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import Mount, Route
-from starlette.staticfiles import StaticFiles
 
 from serving.auth import ApiKeyMiddleware, api_key, bind_host
 from serving.errors import ErrorShapeMiddleware, quiet_client_errors
+from serving.routes import SERVICE_STATE, catalog_app, desk_app, positions_app, reports_app, sweeps_app
 from serving.schemas import MAX_BATCH, PriceItem, SpuQuery, status_of
 
 log = logging.getLogger("pledgeval")
 WORST_SHOWN = 10
 INLINE_BATCH = 16  # known-SPU requests up to this size are answered on the event loop
 DEMO_DIR = Path(os.environ.get("PLEDGEVAL_DEMO_DIR", "var/demo"))
-# `pledgeval backtest` writes its report here (its --report default); the desk's book view links it
-BACKTEST_REPORT = Path(os.environ.get("PLEDGEVAL_BACKTEST_REPORT", "var/reports/backtest.html"))
 
 
 def _load_model():
@@ -61,48 +55,6 @@ def _load_model():
 
 def _json_rows(frame: pl.DataFrame) -> list[dict]:
     return json.loads(frame.write_json())  # dates, NaN and nested lists as JSON sees them
-
-
-# The GET routes with path parameters live in a small Starlette app mounted on the service.
-def _position_health(request: Request) -> JSONResponse:
-    return JSONResponse(SERVICE_STATE["service"].position_health(request.path_params["position_id"]))
-
-
-def _sweep_status(request: Request) -> JSONResponse:
-    return JSONResponse(SERVICE_STATE["service"].sweep_status(request.path_params["sweep_id"]))
-
-
-def _sweep_report(request: Request) -> HTMLResponse:
-    return HTMLResponse(SERVICE_STATE["service"].sweep_report(request.path_params["sweep_id"]))
-
-
-def _backtest_report(request: Request) -> Response:
-    if not BACKTEST_REPORT.is_file():
-        return JSONResponse({"error": f"no backtest report at {BACKTEST_REPORT}: run `pledgeval backtest` "
-                                      "(or bench/backtest.py) first"}, status_code=HTTPStatus.NOT_FOUND)
-    return HTMLResponse(BACKTEST_REPORT.read_text())
-
-
-def _catalog_image(request: Request) -> Response:
-    return Response(SERVICE_STATE["service"].catalog_thumbnail(request.path_params["spu_id"]),
-                    media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
-
-
-async def _http_errors(request: Request, exc: Exception) -> JSONResponse:
-    if isinstance(exc, BentoMLException):
-        return JSONResponse({"error": exc.message}, status_code=int(exc.error_code))
-    raise exc
-
-
-SERVICE_STATE: dict = {}
-positions_app = Starlette(routes=[Route("/{position_id}/health", _position_health)],
-                          exception_handlers={BentoMLException: _http_errors})
-sweeps_app = Starlette(routes=[Route("/{sweep_id}", _sweep_status), Route("/{sweep_id}/report", _sweep_report)],
-                       exception_handlers={BentoMLException: _http_errors})
-reports_app = Starlette(routes=[Route("/backtest", _backtest_report)])
-catalog_app = Starlette(routes=[Route("/{spu_id}/image", _catalog_image)], exception_handlers={BentoMLException: _http_errors})
-# The desk page: static HTML/CSS/JS that calls the routes above with the key the officer enters.
-desk_app = Starlette(routes=[Mount("/", StaticFiles(directory=Path(__file__).with_name("desk"), html=True))])
 
 
 # Two worker processes: the GIL would otherwise hold one process to one of the two cores.
