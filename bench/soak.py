@@ -212,13 +212,15 @@ def sample_rss(server: Server, t0: float) -> dict:
     for p in server.processes():
         try:
             rss = p.memory_info().rss / 2**20
+            cpu = sum(p.cpu_times()[:2])
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
         kind, is_worker = describe(p)
-        procs[str(p.pid)] = {"kind": kind, "worker": is_worker, "rss_mb": round(rss, 1)}
+        procs[str(p.pid)] = {"kind": kind, "worker": is_worker, "rss_mb": round(rss, 1), "cpu_s": round(cpu, 1)}
     workers = sum(v["rss_mb"] for v in procs.values() if v["worker"])
     return {"t": time.monotonic() - t0, "workers_mb": round(workers, 1),
-            "total_mb": round(sum(v["rss_mb"] for v in procs.values()), 1), "procs": procs}
+            "total_mb": round(sum(v["rss_mb"] for v in procs.values()), 1), "load1": os.getloadavg()[0],
+            "procs": procs}
 
 
 def slope_per_min(samples: list[dict], lo_min: float, hi_min: float, key: str = "workers_mb") -> float:
@@ -315,7 +317,7 @@ def fmt(x: float, digits: int = 1) -> str:
 
 def rss_at(samples: list[dict], t: float) -> dict | None:
     """The last sample taken at or before t."""
-    before = [s for s in samples if s["t"] <= t + 1e-6]
+    before = [s for s in samples if s["t"] <= t + 1.0]  # the first sample is taken a moment after 0
     return before[-1] if before else None
 
 
@@ -483,7 +485,7 @@ def main() -> None:
                 done = len(records)
                 errs = sum(1 for r in records if not r[4])
                 print(f"[{s['t'] / 60:5.1f} min] worker RSS {s['workers_mb']:.0f} MB, tree {s['total_mb']:.0f} MB; "
-                      f"{done} requests, {errs} errors", flush=True)
+                      f"{done} requests, {errs} errors; load {s['load1']:.1f}", flush=True)
                 n += 1
 
         runner = locust_env.create_local_runner()

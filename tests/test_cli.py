@@ -45,6 +45,20 @@ def test_load_bad_csv_fails_without_writing(tmp_path):
     assert "must be > 0" in (tmp_path / "orders.csv.rejects.csv").read_text()
 
 
+def test_errors_are_one_line_per_problem_and_suggest_only_what_helps(tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    db = f"sqlite:///{tmp_path}/cli.db"
+    long_name = tmp_path / ("a-file-whose-name-is-long-enough-to-pass-eighty-columns-" + "x" * 40 + ".csv")
+    result = runner.invoke(app, ["load", "spus", str(long_name), "--db", db])
+    assert result.exit_code == 2
+    assert f"{long_name}: cannot load as 'spus'" in result.output  # not broken across lines
+    assert "--skip-bad-rows" not in result.output  # a missing file has no good rows to keep
+    spus = tmp_path / "spus.csv"
+    spus.write_text("spu_id,title\nA,\n")
+    result = runner.invoke(app, ["load", "spus", str(spus), "--db", db])
+    assert result.exit_code == 2 and "--skip-bad-rows" in result.output
+
+
 def test_unknown_table_is_a_clear_error(tmp_path):
     result = runner.invoke(app, ["load", "loans", str(tmp_path / "x.csv")])
     assert result.exit_code == 2 and "unknown table 'loans'" in result.output
