@@ -19,15 +19,19 @@ What it does, in order:
    Its output goes to ``server.log`` in the temporary folder (the tail is printed if it fails).
 4. Load. locust, headless and in-process, at ``--rps`` requests/s in total (``--users`` users, each on
    ``constant_throughput(rps / users)``): 80% ``POST /price`` of a known spu_id, 15% ``POST /price`` of a
-   new spu_id (``NEW-<n>``, n counting up) with a known title + " v2", 5% ``GET /positions/<id>/health``.
+   new spu_id (``NEW-<n>``, n counting up) with a known title + " v2", 5% ``GET /positions/<id>/health``;
+   each user starts at a random point of its period, so the requests are spread out, not sent in bursts.
    Every request carries ``Authorization: Bearer <key>``. Errors are non-2xx answers (other than 404/409
    on position health, which are expected) and connection failures.
-5. Sweeps. Every ``--sweep-every`` minutes (default 5; first at that mark, not at 0) it posts
+5. Sweeps. Every ``--sweep-every`` minutes (default 5; first at that mark, not at 0; ``--sweep-at-start``
+   adds one before the load) it posts
    ``POST /sweep {}`` and polls ``GET /sweeps/<id>`` until completed or failed. Note ``{}`` sweeps the
    latest market date, so on a fixed store only the first sweep computes; later ones find it done.
 6. Memory. Every ``--sample-every`` seconds (default 30, plus once just before the load starts) it reads
    the RSS of every process in the served tree (psutil); workers are the ``_bentoml_impl.worker``
-   processes under the serve process.
+   processes under the serve process. locust keeps its connections open (keep-alive), and all of them
+   may be accepted by one worker: check the per-process table (and ``[entry_service:PledgeService:N]`` in
+   the server log) before reading a worker's figures as "per worker under load".
 7. Report. A table per ``--slice`` minutes (requests, errors, p50/p99 latency, worker RSS at the slice's
    end), per route, and per process; then, as the LAST line, key=value pairs:
    ``errors requests rps p50_ms p99_ms rss_start_mb rss_end_mb rss_growth_mb_per_min
@@ -242,6 +246,11 @@ def make_user(key: str, spu_ids: list[str], titles: list[str], position_ids: lis
         network_timeout = 120.0
         connection_timeout = 10.0
 
+        def on_start(self) -> None:
+            # users spawned together would stay in phase and send their requests as one burst per period;
+            # a random start within the period spreads them out
+            gevent.sleep(random.uniform(0, 1 / per_user_rps))
+
         def _post_price(self, item: dict, name: str) -> None:
             with self.client.post("/price", json={"items": [item]}, headers=headers, name=name,
                                   catch_response=True) as response:
@@ -271,11 +280,12 @@ def make_user(key: str, spu_ids: list[str], titles: list[str], position_ids: lis
     return DeskUser
 
 
-def sweeper(base: str, key: str, every_s: float, until_s: float, t0: float, log: list[dict]) -> None:
+def sweeper(base: str, key: str, every_s: float, until_s: float, t0: float, log: list[dict],
+            once: bool = False) -> None:
     n = 1
     while True:
         due = t0 + n * every_s
-        if due - t0 >= until_s:
+        if (due - t0 >= until_s and not once) or (once and n > 1):
             return
         gevent.sleep(max(0.0, due - time.monotonic()))
         started = time.monotonic()
@@ -404,6 +414,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--users", type=int, default=0, help="locust users (default: max(4, rps))")
     parser.add_argument("--mix", default="80,15,5", help="weights: price by spu_id, price by title, position health")
     parser.add_argument("--sweep-every", type=float, default=5, help="minutes between POST /sweep (0: none)")
+    parser.add_argument("--sweep-at-start", action="store_true",
+                        help="also sweep once before the load starts (position health then answers 200)")
     parser.add_argument("--sample-every", type=float, default=30, help="seconds between RSS samples")
     parser.add_argument("--warmup", type=float, default=5, help="minutes left out of rss_growth_mb_per_min")
     parser.add_argument("--slice", type=float, default=5, help="minutes per row of the report table")
@@ -458,6 +470,11 @@ def main() -> None:
         ready_s = server.wait_ready(args.ready_timeout)
         print(f"ready in {ready_s:.0f}s; {len(spu_ids)} SPUs, {len(position_ids)} positions; "
               f"{args.rps} req/s for {args.minutes} min, mix {weights}", flush=True)
+        if args.sweep_at_start:
+            first: list[dict] = []
+            sweeper(server.base, key, 0.0, 1e-9, time.monotonic(), first, once=True)
+            print(f"sweep before the load: {first[0]['status']}", flush=True)
+            sweeps.extend({**entry, "t": 0.0} for entry in first)
         users = args.users or max(4, math.ceil(args.rps))
         user_class = make_user(key, spu_ids, titles, position_ids, weights, args.rps / users)
         locust_env = Environment(user_classes=[user_class], events=events, host=server.base)
