@@ -20,6 +20,7 @@ import numpy as np
 import polars as pl
 
 from embeddings import EncoderConfig, SpuEmbedder, SpuIndex, SpuVectors, create_encoder
+from embeddings.encoder import DEFAULT_CONFIG
 from embeddings.catalog import build_spu_index
 from embeddings.encoder import ImageError
 from embeddings.matching import best_candidate
@@ -64,7 +65,7 @@ class PledgeModel:
 
     # -- training -----------------------------------------------------------------------------
     @classmethod
-    def train(cls, tables: dict[str, pl.DataFrame], *, encoder_config: str | Path | EncoderConfig = "minilm-rn-tiny",
+    def train(cls, tables: dict[str, pl.DataFrame], *, encoder_config: str | Path | EncoderConfig = DEFAULT_CONFIG,
               checkpoint: str | Path | None = None, policy: dict | None = None, cache_path: str | Path | None = None,
               log=print) -> "PledgeModel":
         """``tables``: spus (required), reviews and orders (optional), as data.load_catalog returns them."""
