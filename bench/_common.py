@@ -25,3 +25,11 @@ def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
     for row in rows:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
     print(line)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

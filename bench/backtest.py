@@ -27,6 +27,7 @@ def main() -> None:
     parser.add_argument("--salvage", type=float, default=0.25)
     parser.add_argument("--retrain", choices=("each", "once"), default="each")
     parser.add_argument("--report", type=Path, default=Path("var/reports/backtest.html"))
+    parser.add_argument("--positions", type=Path, default=None, help="also write every position as parquet")
     args = parser.parse_args()
     summary, positions, seconds = backtest.run_online_retail(
         args.online_retail or shared("online_retail"), date.fromisoformat(args.start), date.fromisoformat(args.until),
@@ -35,6 +36,10 @@ def main() -> None:
                 f"{args.horizon_days} days, salvage {args.salvage}, model retrained {args.retrain}; {seconds:.0f} s",
                 backtest.TABLE_HEADER, backtest.table_rows(summary))
     print(f"report: {write_report(positions, summary, args.report, 'Lending backtest, Online Retail')}")
+    if args.positions:
+        args.positions.parent.mkdir(parents=True, exist_ok=True)
+        positions.write_parquet(args.positions)
+        print(f"positions: {args.positions}")
     print(backtest.key_values(summary) + f" seconds={seconds:.0f}")
 
 

@@ -62,7 +62,6 @@ import os
 import random
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -78,7 +77,7 @@ import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench._common import print_table  # noqa: E402
+from bench._common import free_port, print_table  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
 WORKER_MARK = "_bentoml_impl.worker"
@@ -86,12 +85,6 @@ HEALTH_EXPECTED = (404, 409)  # position not swept yet (409) / not known (404)
 
 
 # -- set-up -------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def tool(name: str) -> str:
     path = VENV_BIN / name
     return str(path) if path.exists() else name

@@ -228,3 +228,27 @@ def test_admission_of_a_learned_haircut_rests_on_the_breach_probability():
     assert decided["decision"].to_list() == ["accept", "review", "review"]
     assert decided["reasons"][0].to_list() == [] and decided["reasons"][1].to_list() == ["breach_risk"]
     assert {"slow_to_sell", "volatile", "negative_reviews", "wide_interval"} <= set(decided["reasons"][2])
+
+
+def test_remembered_haircuts_of_known_spus_equal_the_models_own_answer(learned_model):
+    """A known SPU's learned haircut is remembered per days-of-cover interval between the trees' split
+    points: at every quantity it must equal what the model answers when asked afresh."""
+    import numpy as np
+
+    from valuation.recovery import COVER
+
+    recovery = learned_model.recovery
+    spus = recovery.state["spu_id"].to_list()[:6]
+    quantities = [1, 2, 3, 7, 10, 25, 60, 150, 400, 1000, 5000, 20_000]
+    items = [{"spu_id": s, "quantity": q} for s in spus for q in quantities]
+    learned_model.price(items)  # fills the memory
+    again = learned_model.price(items[::-1])[::-1]  # answered from it, in another order
+    rows = np.array([recovery._row[s] for s in spus for _ in quantities])
+    X = recovery._features[rows].copy()
+    X[:, COVER] = np.array([q for _ in spus for q in quantities]) / recovery._per_day[rows]
+    quantile, drivers = recovery.model.explain(X)
+    ratio = recovery.model._bound(quantile)
+    assert len(np.unique(ratio.round(9))) > len(spus)  # the bound does move with the quantity
+    assert np.allclose(again["haircut_recovery"].to_numpy(), 1 - ratio, rtol=0, atol=1e-12)
+    assert again["haircut_drivers"].to_list() == drivers
+    assert len(recovery._explained) < len(items)  # quantities in one interval share an entry

@@ -86,6 +86,23 @@ def test_price_form_shows_pledge_price_comparables_and_errors(server, browser, s
     page.close()
 
 
+def test_a_catalogue_title_alone_is_priced_at_that_spus_value_and_says_why(server, browser):
+    client, tables = server
+    spu_id, title = tables["spus"].filter(tables["spus"]["images"].list.len() > 0).row(1)[:2]
+    known = client.post("/price", json={"items": [{"spu_id": spu_id, "quantity": 5}]}).json()[0]
+    page = browser.new_page(viewport={"width": 1100, "height": 1400})
+    page.goto(f"{client.base_url}/desk/")
+    page.fill("#api-key", client.headers["X-API-Key"])
+    page.click("#key-form button")
+    page.fill("#title", title)
+    page.fill("#quantity", "5")
+    page.click("#submit-price")
+    page.wait_for_selector("#price-result", state="visible", timeout=60_000)
+    assert page.text_content("#r-basis").startswith(f"Taken to be known SPU {spu_id}")
+    assert page.text_content("#r-value") == page.evaluate("(v) => money.format(v)", known["value"])
+    page.close()
+
+
 def test_without_the_key_the_page_says_so(server, browser):
     client, _ = server
     page = browser.new_page()

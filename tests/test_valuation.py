@@ -190,6 +190,46 @@ def test_new_spu_with_title_only_gets_wide_interval_and_review(pledge_model):
     assert "no_history" in row["reasons"] and len(row["comparables"]) == 3
 
 
+def test_a_catalogue_title_alone_is_matched_to_its_spu_and_a_photo_never_to_another(pledge_model):
+    """A query is compared with known SPUs' vectors of the same modalities: a catalogue title without its
+    photo is that SPU and gets its value (against the title-and-photo vectors it would miss the match
+    threshold). A photo alone matches only in a photo space that tells SPUs apart; this test model's image
+    tower is untrained (every pair of photos scores near 1.0), so it must match nothing."""
+    model, tables = pledge_model
+    spus = tables["spus"].filter(pl.col("images").list.len() > 0)
+    assert model.match_threshold("title") >= model.policy["matching"]["threshold"]
+    matched = 0
+    for spu_id, title, images in spus.select("spu_id", "title", "images").head(8).iter_rows():
+        known = model.price([{"spu_id": spu_id, "quantity": 3}]).row(0, named=True)
+        by_title = model.price([{"spu_id": "desk-1", "title": title, "quantity": 3}]).row(0, named=True)
+        by_photo = model.price([{"spu_id": "desk-2", "images": images[:1], "quantity": 3}]).row(0, named=True)
+        if by_title["matched_spu_id"] is not None:
+            assert by_title["matched_spu_id"] == spu_id and by_title["value"] == known["value"]
+            assert by_title["value_basis"].startswith(f"Taken to be known SPU {spu_id}")
+            matched += 1
+        assert by_photo["matched_spu_id"] in (None, spu_id)
+        content = model.index.search(model.catalog.content[[model.catalog.spu_ids.index(spu_id)]], 1)[0]
+        title_vector = model.embedder.query(title, [])
+        assert float(model.index.search(title_vector, 1)[0]["score"][0]) < float(content["score"][0])
+    assert matched >= 7, matched  # a title twin may take one
+    assert known["value_basis"].startswith("Known SPU") and "comparable" in known["value_basis"]
+    assert model.match_threshold("image") > 1 and by_photo["matched_spu_id"] is None
+    assert "photo vectors do not tell known SPUs apart" in by_photo["value_basis"]
+
+
+def test_a_new_spu_says_why_it_was_not_matched(pledge_model):
+    model, _ = pledge_model
+    row = model.price([{"spu_id": "NEW-3", "title": "Kestrel Leather Watch"}]).row(0, named=True)
+    assert row["matched_spu_id"] is None
+    assert row["value_basis"].startswith("New SPU: no known SPU matches (the closest, ")
+    assert f"{row['match_score']:.2f} by title" in row["value_basis"]
+    hits = model.similar("Kestrel Leather Watch", [], 3)
+    assert hits.height == 3 and abs(float(hits["score"][0]) - row["match_score"]) < 1e-5
+    numbered = model.price([{"spu_id": "NEW-4", "title": "Kestrel QZ-100 Leather Watch"}]).row(0, named=True)
+    if numbered["match_score"] == 0:  # every close title names another model number
+        assert "name another colour, number or size" in numbered["value_basis"]
+
+
 def test_known_spu_uses_history_and_never_itself_as_comparable(pledge_model):
     model, tables = pledge_model
     spu = tables["orders"]["spu_id"][0]
@@ -277,3 +317,33 @@ def test_the_early_warning_travels_in_the_model_bundle(pledge_model, tmp_path):
         model.warning = None
     assert again.warning.threshold_ == fitted.threshold_
     np.testing.assert_allclose(again.warning.predict_proba(X[:20]), fitted.predict_proba(X[:20]))
+
+
+def test_new_items_sharing_an_spu_id_are_each_priced_as_if_alone(pledge_model):
+    """Two listings of one new SPU in one call (or two desks' requests batched together by the service)."""
+    model, _ = pledge_model
+    items = [{"spu_id": "NEW", "title": "Kestrel Leather Watch", "quantity": 2, "reviews": ["broke in a week"]},
+             {"spu_id": "NEW", "title": "Basix Plastic Mug", "quantity": 9}]
+    together = model.price(items)
+    assert together["error"].to_list() == [None, None]
+    for k, item in enumerate(items):  # a batch of two encodes in one call: floats may differ in the last bits
+        alone, batched = model.price([item]).row(0, named=True), together.row(k, named=True)
+        assert batched["value"] == pytest.approx(alone["value"], rel=1e-9)
+        assert batched["pledge_value"] == pytest.approx(alone["pledge_value"], rel=1e-9)
+        assert (batched["decision"], batched["reasons"]) == (alone["decision"], alone["reasons"])
+    assert together["value"][0] != pytest.approx(together["value"][1])
+
+
+def test_the_services_dict_answers_are_the_frames_rows(pledge_model):
+    """``price_rows`` (the service's path, no frame) answers what ``price`` does, and an answer edited by its
+    caller leaves the next answer for the same SPU untouched."""
+    model, tables = pledge_model
+    known, title = tables["spus"]["spu_id"][3], tables["spus"]["title"][4]
+    items = [{"spu_id": known, "quantity": 7}, {"spu_id": "NEW-9", "title": title, "quantity": 2},
+             {"spu_id": "nope"}, {"spu_id": "NEW-8", "title": "Basix Plastic Mug", "quantity": 11}]
+    rows = model.price_rows(items)
+    assert rows == model.price(items).to_dicts()
+    rows[0]["comparables"][0].pop("image")
+    rows[0]["reasons"].append("edited")
+    again = model.price_rows(items[:1])[0]
+    assert "image" in again["comparables"][0] and "edited" not in again["reasons"]

@@ -94,6 +94,7 @@ def run(tables_before: Callable[[datetime], dict[str, pl.DataFrame]], orders: pl
         frames.append(sold.with_columns(
             pl.lit(pledge).alias("pledge_date"), answers["value"], answers["pledge_unit_price"].alias("loan_per_unit"),
             answers["decision"], answers["haircut_source"], answers["breach_probability"],
+            answers.get_column("haircut_recovery", default=pl.lit(None, dtype=pl.Float64).alias("haircut_recovery")),
         ).with_columns((pl.col("recovery") < pl.col("loan_per_unit")).alias("breach")))
         log and log(f"{pledge}: {book.height} positions priced and liquidated")
     if not frames:
@@ -101,7 +102,7 @@ def run(tables_before: Callable[[datetime], dict[str, pl.DataFrame]], orders: pl
                             "days of the 90 before it)")
     return pl.concat(frames, how="diagonal_relaxed").select(
         "pledge_date", "spu_id", "quantity", "price", "value", "loan_per_unit", "decision", "haircut_source",
-        "breach_probability", "units_sold_back", "recovery", "recovery_ratio", "breach")
+        "breach_probability", "haircut_recovery", "units_sold_back", "recovery", "recovery_ratio", "breach")
 
 
 def run_online_retail(path, first: date, last: date, *, horizon_days: int = 60, salvage: float = 0.25,

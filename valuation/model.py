@@ -25,7 +25,7 @@ from embeddings.catalog import build_spu_index
 from embeddings.encoder import ImageError
 from embeddings.matching import best_candidate
 from valuation.policy import HAIRCUT_PARTS, AdmissionPolicy, HaircutPolicy, load_policy
-from valuation.recovery import LEARNED_COLUMNS, LearnedHaircut, neighbours_from
+from valuation.recovery import DRIVER_TYPE, LEARNED_COLUMNS, LearnedHaircut, neighbours_from
 from valuation.training import ValueModel, forward_prices, launch_prices
 
 MODEL_NAME = "pledgeval"
@@ -33,9 +33,20 @@ FORMAT_VERSION = 4  # 2: value heads price from comparables by title and by imag
 # 4: the learned haircut's features changed (value interval out, recent activity in); the early warning
 N_COMPARABLES_SHOWN = 3
 MAX_BATCH = 1000
+IMPOSTOR_SAMPLE = 2000  # known SPUs whose nearest other SPU sets a space's match threshold
 ANSWER_COLUMNS = ["value", "value_low", "value_high", "head", "haircut", *HAIRCUT_PARTS, *LEARNED_COLUMNS,
                   "pledge_unit_price", "quantity", "pledge_value", "days_to_sell", "decision", "reasons", "matched_spu_id", "match_score",
-                  "category", "comparables"]
+                  "category", "comparables", "value_basis"]
+SPACE_WORDS = {"content": "title and photo", "title": "title", "image": "photo"}
+COMPARABLE_TYPE = pl.List(pl.Struct({"spu_id": pl.String, "title": pl.String, "similarity": pl.Float64,
+                                     "price": pl.Float64, "image": pl.String}))
+ANSWER_SCHEMA = {name: pl.Float64 for name in ANSWER_COLUMNS} | {
+    "head": pl.String, "haircut_source": pl.String, "haircut_drivers": DRIVER_TYPE, "quantity": pl.Int64,
+    "decision": pl.String, "reasons": pl.List(pl.String), "matched_spu_id": pl.String, "category": pl.String,
+    "comparables": COMPARABLE_TYPE, "value_basis": pl.String}
+# what a valuation (catalogue or new) gives a request; the rest of the answer comes from the request
+VALUED_COLUMNS = ("value", "value_low", "value_high", "head", "daily_volatility", "units_per_day", "negativity",
+                  "category", "comparables")
 ORDER_WINDOW_DAYS = 90  # embeddings.features.order_features' window: velocity is units per day over it
 
 
@@ -121,6 +132,43 @@ class PledgeModel:
     def price(self, requests: pl.DataFrame | list[dict]) -> pl.DataFrame:
         """Price SPUs. Columns: spu_id (required), title, images (paths or bytes), reviews (texts),
         quantity (default 1). A row that cannot be priced gets ``error`` and no value; the others are priced."""
+        rows, errors, cols = self._price_columns(requests)
+        priced = [i for i, e in enumerate(errors) if e is None]
+        full = {}
+        for name, dtype in ANSWER_SCHEMA.items():
+            column = [None] * len(rows)
+            values = cols.get(name, [])
+            if dtype == pl.Float64:
+                values = [None if v != v else float(v) for v in values]  # NaN: not known, null in the answer
+            else:
+                values = [_plain(v) for v in values]
+            for i, v in zip(priced, values):
+                column[i] = v
+            full[name] = column
+        return pl.DataFrame({"spu_id": [r["spu_id"] for r in rows], **full, "error": errors},
+                            schema={"spu_id": pl.String, **ANSWER_SCHEMA, "error": pl.String})
+
+    def price_rows(self, requests: list[dict]) -> list[dict]:
+        """``price`` as one dict per request, in order, without building a frame (the service's path)."""
+        rows, errors, cols = self._price_columns(requests)
+        answers, k = [], 0
+        names = [(name, dtype == pl.Float64) for name, dtype in ANSWER_SCHEMA.items()]
+        for row, error in zip(rows, errors):
+            if error is not None:
+                answers.append({"spu_id": row["spu_id"], **{name: None for name, _ in names}, "error": error})
+                continue
+            answer = {"spu_id": row["spu_id"]}
+            for name, is_float in names:
+                v = cols[name][k]
+                answer[name] = (None if v != v else float(v)) if is_float else _plain(v)
+            answer["error"] = None
+            answers.append(answer)
+            k += 1
+        return answers
+
+    def _price_columns(self, requests: pl.DataFrame | list[dict]) -> tuple[list[dict], list, dict]:
+        """The requests as dicts, an error (or None) per request, and the answer columns of the priced
+        ones, in request order, as numpy arrays or lists (NaN where a float is not known)."""
         # Rows stay Python values: a frame would coerce a batch mixing image paths and bytes to one type.
         rows = requests.to_dicts() if isinstance(requests, pl.DataFrame) else [dict(r) for r in requests]
         if len(rows) > MAX_BATCH:
@@ -135,14 +183,69 @@ class PledgeModel:
                     new_rows.append(i)
             except PricingError as exc:
                 errors[i] = str(exc)
-        matched: dict[int, tuple[str | None, float]] = {}
+        matched: dict[int, tuple[str | None, float, str]] = {}
         if new_rows:
             new_rows, new_vectors = self._embed_new([rows[i] for i in new_rows], new_rows, errors)
-            for i, content in zip(new_rows, new_vectors.content if new_vectors else []):
-                hits = self.index.search(content[None, :], 10)[0].join(self.side.select("spu_id", "title"),
-                                                                        on="spu_id", how="left", maintain_order="left")
-                matched[i] = best_candidate(rows[i].get("title"), hits)
-        return self._answer(rows, errors, new_rows, new_vectors, matched)
+            spaces = [match_space(t, m) for t, m in zip(new_vectors.has["title"], new_vectors.has["image"])] \
+                if new_vectors else []
+            for space in set(spaces):
+                at = [k for k, s in enumerate(spaces) if s == space]
+                found = self.match_index(space).search(getattr(new_vectors, space)[at], 10)
+                for k, hits in zip(at, found):
+                    i = new_rows[k]
+                    hits = hits.join(self.side.select("spu_id", "title"), on="spu_id", how="left", maintain_order="left")
+                    matched[i] = (*best_candidate(rows[i].get("title"), hits), space)
+        return rows, errors, self._answer(rows, errors, new_vectors, matched)
+
+    def match_index(self, space: str) -> SpuIndex:
+        """The known SPUs' vectors a query is compared with: ``content`` (title and image), ``title`` or
+        ``image``. A query is compared with vectors made of what it has itself: a title alone scores about
+        0.7-0.86 against its own SPU's title-and-image vector, under the match threshold, but 1.0 against
+        its title vector."""
+        return self._match_space(space)[0]
+
+    def match_threshold(self, space: str) -> float:
+        """The score a match needs in ``space``. Content vectors (and title vectors of a catalogue without
+        images, the same vectors) use the policy's threshold, calibrated on spelling variants by
+        bench/matching.py. A title or photo space of its own must also clear the score at which 1% of known
+        SPUs already have another known SPU: an image tower that does not tell goods apart (an untrained
+        one scores every pair of photos near 1.0) must not turn a new product's photo into a known SPU.
+        Where that score is 0.99 or more, the space matches nothing (the threshold is above 1)."""
+        return self._match_space(space)[1]
+
+    def _match_space(self, space: str) -> tuple[SpuIndex, float]:
+        policy = self.policy.get("matching", {}).get("threshold", 0.9)
+        if space == "content" or (space == "title" and not self.catalog.has["image"].any()):
+            return self.index, policy  # without images in the catalogue, content vectors are the title vectors
+        spaces = self.__dict__.setdefault("_match_spaces", {})
+        if space not in spaces:
+            present = np.flatnonzero(self.catalog.has[space])
+            index = SpuIndex(self.index.dim, self.index.fingerprint, kind=self.index.kind)
+            threshold = np.inf
+            if len(present) > 1:
+                ids = [self.catalog.spu_ids[i] for i in present]
+                vectors = getattr(self.catalog, space)[present]
+                index.add(ids, vectors)
+                sample = np.random.default_rng(0).choice(len(present), min(len(present), IMPOSTOR_SAMPLE), replace=False)
+                scores, found = index.search_arrays(vectors[sample].astype(np.float32), 2)
+                own = index.meta["id"].to_numpy()[sample]  # an SPU's own vector may tie with a twin's
+                other = np.where(found[:, 0] == own, scores[:, 1], scores[:, 0])
+                impostor = float(np.quantile(other, 0.99))
+                threshold = max(policy, impostor) if impostor < 0.99 else np.inf
+            spaces[space] = (index, threshold)
+        return spaces[space]
+
+    def similar(self, title: str | None, images: list, k: int) -> pl.DataFrame:
+        """The top-k known SPUs for a title and/or images (spu_id, score), compared in the space of what
+        the query has, as a new SPU's match is."""
+        space = match_space(bool(title and title.strip()), bool(images))
+        return self.match_index(space).search(self.embedder.query(title, images), k)[0]
+
+    def warm_up(self) -> None:
+        """Value every known SPU and build the match indexes now, not on a desk's first request."""
+        self._catalog_columns()
+        for space in ("title", "image"):
+            self.match_threshold(space)
 
     def _embed_new(self, rows: list[dict], positions: list[int], errors: list):
         images = []
@@ -156,10 +259,11 @@ class PledgeModel:
         rows, positions, images = [rows[k] for k in keep], [positions[k] for k in keep], [images[k] for k in keep]
         if not rows:
             return [], None
-        spus = pl.DataFrame({"spu_id": [r["spu_id"] for r in rows], "title": [r.get("title") or "" for r in rows],
+        # keyed by request position: two new items may share an spu_id (several listings of one new SPU)
+        spus = pl.DataFrame({"spu_id": [str(p) for p in positions], "title": [r.get("title") or "" for r in rows],
                              "images": images}, schema={"spu_id": pl.String, "title": pl.String,
                                                         "images": pl.List(pl.Binary)})
-        reviews = [(r["spu_id"], text) for r in rows for text in (r.get("reviews") or [])]
+        reviews = [(str(p), text) for r, p in zip(rows, positions) for text in (r.get("reviews") or [])]
         review_frame = pl.DataFrame(reviews, schema={"spu_id": pl.String, "text": pl.String}, orient="row") \
             .with_columns(pl.lit(None, dtype=pl.Int64).alias("rating")) if reviews else None
         try:
@@ -178,48 +282,56 @@ class PledgeModel:
             return [], None
         return good, SpuVectors.concat(parts)
 
-    def _answer(self, rows, errors, new_rows, new_vectors, matched) -> pl.DataFrame:
-        threshold = self.policy.get("matching", {}).get("threshold", 0.9)
+    def _answer(self, rows, errors, new_vectors, matched) -> dict:
         catalog_rows, new_ids = [], []  # (row, spu_id whose catalogue valuation applies, match score)
         for i, row in enumerate(rows):
             if errors[i] is not None:
                 continue
             if i not in matched:  # a known spu_id: its catalogue row, history included
                 catalog_rows.append((i, row["spu_id"], None))
-            elif matched[i][0] is not None and matched[i][1] >= threshold:  # a new id for a known SPU
+            elif matched[i][0] is not None and matched[i][1] >= self.match_threshold(matched[i][2]):
+                # a new id for a known SPU
                 catalog_rows.append((i, matched[i][0], matched[i][1]))
             else:
                 new_ids.append(i)
-        parts = []
-        if catalog_rows:
-            at = [self._catalog_row[s] for _, s, _ in catalog_rows]
-            parts.append(self.catalog_values()[at].hstack([
-                pl.Series("row", [r for r, _, _ in catalog_rows], dtype=pl.UInt32),
-                pl.Series("matched_spu_id", [s for _, s, _ in catalog_rows], dtype=pl.String),
-                pl.Series("match_score", [m for _, _, m in catalog_rows], dtype=pl.Float64)]))
-        if new_ids:
-            vectors = new_vectors.take([rows[i]["spu_id"] for i in new_ids])
-            valued = self._value(vectors, [rows[i].get("title") or "" for i in new_ids], known=False)
-            parts.append(valued.with_columns(
-                pl.Series("row", new_ids, dtype=pl.UInt32), pl.lit(None, dtype=pl.String).alias("matched_spu_id"),
-                pl.Series("match_score", [float(matched[i][1]) for i in new_ids], dtype=pl.Float64)))
-        answered = pl.DataFrame({"row": range(len(rows)), "spu_id": [r["spu_id"] for r in rows], "error": errors},
-                                schema={"row": pl.UInt32, "spu_id": pl.String, "error": pl.String})
-        if not parts:  # every item failed: same columns, all empty but the errors
-            return answered.with_columns(pl.lit(None).alias(c) for c in ANSWER_COLUMNS).select(
-                "spu_id", *ANSWER_COLUMNS, "error")
-        priced = parts[0] if len(parts) == 1 else pl.concat(parts, how="diagonal_relaxed").sort("row")
-        quantity = np.array([int(rows[r].get("quantity") or 1) for r in priced["row"].to_list()], dtype=np.int64)
-        priced = priced.hstack([pl.Series("quantity", quantity), priced["matched_spu_id"].is_not_null().alias("matched")])
-        priced = self._haircut.apply(priced)
-        priced = self.recovery.apply(priced, self._haircut.config["floor"], self._haircut.config["cap"]) \
-            if self.recovery is not None else LearnedHaircut.absent(priced)
-        priced = self._admission.apply(priced)
-        priced = priced.hstack([pl.Series("pledge_value", priced["pledge_unit_price"].to_numpy() * quantity)])
-        if priced.height == len(rows):  # the common case: every item priced, already in request order
-            return priced.select(ANSWER_COLUMNS).insert_column(0, answered["spu_id"]).hstack([answered["error"]])
-        return (answered.join(priced.select("row", *ANSWER_COLUMNS), on="row", how="left", maintain_order="left")
-                .select("spu_id", *ANSWER_COLUMNS, "error"))
+        if not catalog_rows and not new_ids:
+            return {}
+        # known rows from the catalogue's valuations, new ones valued now; then back in request order
+        catalog = self._catalog_columns()
+        at = np.array([self._catalog_row[s] for _, s, _ in catalog_rows], dtype=np.int64)
+        valued = _columns(self._value(new_vectors.take([str(i) for i in new_ids]),
+                                      [rows[i].get("title") or "" for i in new_ids], known=False)) if new_ids else None
+        order = [r for r, _, _ in catalog_rows] + new_ids
+        back = np.argsort(order, kind="stable")
+        cols = {name: (np.concatenate([catalog[name][at], valued[name]]) if valued is not None else catalog[name][at])[back]
+                for name in VALUED_COLUMNS}
+        request_rows = [order[k] for k in back]
+        cols["matched_spu_id"] = np.array([s for _, s, _ in catalog_rows] + [None] * len(new_ids), dtype=object)[back]
+        cols["match_score"] = np.array([np.nan if m is None else m for _, _, m in catalog_rows]
+                                       + [float(matched[i][1]) for i in new_ids], dtype=np.float64)[back]
+        cols["matched"] = np.array([s is not None for s in cols["matched_spu_id"]], dtype=bool)
+        cols["quantity"] = np.array([int(rows[r].get("quantity") or 1) for r in request_rows], dtype=np.int64)
+        cols.update(self._haircut.columns(cols))
+        cols.update(self.recovery.columns(cols, self._haircut.config["floor"], self._haircut.config["cap"])
+                    if self.recovery is not None else LearnedHaircut.absent(len(request_rows)))
+        cols.update(self._admission.columns(cols))
+        cols["pledge_value"] = cols["pledge_unit_price"] * cols["quantity"]
+        titles = dict(zip(self.side["spu_id"].to_list(), self.side["title"].to_list())) if new_vectors else {}
+        spaces = [matched[r][2] if r in matched else None for r in request_rows]
+        cols["value_basis"] = [
+            value_basis(head=head, comparables=comparables, matched_spu_id=spu,
+                        match_score=None if score != score else score, match=matched.get(r), space=space,
+                        threshold=self.match_threshold(space) if space else None,
+                        matched_title=titles.get(spu) if spu else None)
+            for r, space, head, comparables, spu, score in zip(request_rows, spaces, cols["head"], cols["comparables"],
+                                                               cols["matched_spu_id"], cols["match_score"])]
+        return cols
+
+    def _catalog_columns(self) -> dict[str, np.ndarray]:
+        """``catalog_values()`` as numpy columns, for the request path's row lookups."""
+        if getattr(self, "_catalog_cols", None) is None:
+            self._catalog_cols = _columns(self.catalog_values())
+        return self._catalog_cols
 
     @property
     def _haircut(self) -> HaircutPolicy:
@@ -338,6 +450,62 @@ class PledgeModel:
         import bentoml
 
         return cls.load(bentoml.models.get(tag).path)
+
+
+def _columns(frame: pl.DataFrame) -> dict[str, np.ndarray]:
+    """The valued columns as numpy arrays: floats with NaN for null, anything else as objects."""
+    out = {}
+    for name in VALUED_COLUMNS:
+        column = frame[name]
+        if column.dtype.is_numeric():
+            out[name] = column.cast(pl.Float64).to_numpy()
+        else:
+            values = np.empty(frame.height, dtype=object)
+            values[:] = column.to_list()
+            out[name] = values
+    return out
+
+
+def _plain(value):
+    """A numpy scalar as the Python value a JSON encoder takes; a list (of dicts) as a fresh copy, so that
+    a caller that edits its answer never edits the cached catalogue valuation it came from."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, list):
+        return [dict(x) if isinstance(x, dict) else x for x in value]
+    return value
+
+
+def match_space(has_title: bool, has_image: bool) -> str:
+    """Which known-SPU vectors a query with these modalities is compared with."""
+    return "content" if has_title and has_image else ("title" if has_title else "image")
+
+
+def value_basis(*, head: str, comparables: list[dict] | None, matched_spu_id: str | None, match_score: float | None,
+                match: tuple | None, space: str | None, threshold: float | None, matched_title: str | None) -> str:
+    """What drove the value, in a sentence a credit officer reads: the SPU it was taken to be (or why
+    none), the head that valued it, and the prices of the comparables shown beside it."""
+    source = ("its own recent sales prices, its listing and comparables' prices" if head == "warm"
+              else "its listing (title, photos, reviews) and comparables' prices")
+    prices = [c["price"] for c in comparables or [] if c.get("price") is not None]
+    shown = (f" The {len(prices)} closest priced comparables sell at {min(prices):,.2f} to {max(prices):,.2f}."
+             if len(prices) > 1 else f" The closest priced comparable sells at {prices[0]:,.2f}." if prices else "")
+    if match is None:
+        return f"Known SPU, valued by the model from {source}.{shown}"
+    words = SPACE_WORDS[space]
+    if matched_spu_id is not None:
+        return (f"Taken to be known SPU {matched_spu_id} (\u201c{matched_title}\u201d): {words} similarity "
+                f"{match_score:.2f}, at or above the match threshold {threshold:.2f}. That SPU's value applies, "
+                f"from {source}.{shown}")
+    if match[0] is None:
+        closest = "the catalogue is empty"
+    elif match[1] > 0:
+        closest = f"the closest, {match[0]}, scores {match[1]:.2f} by {words}"
+    else:  # embeddings.matching passes over candidates whose titles name another colour, number or size
+        closest = f"the closest by {words} name another colour, number or size"
+    needs = (f"a match needs {threshold:.2f}" if threshold <= 1 else
+             f"this model's {words} vectors do not tell known SPUs apart, so a {words} alone never matches")
+    return f"New SPU: no known SPU matches ({closest}; {needs}). Valued by the model from {source}.{shown}"
 
 
 def _check_request(row: dict, known: KeysView[str]) -> None:

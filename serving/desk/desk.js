@@ -132,6 +132,7 @@ async function renderPrice(a) {
   $("r-interval").textContent = `90% interval ${money.format(a.value_low)} – ${money.format(a.value_high)}`;
   $("r-pledge").textContent = money.format(a.pledge_unit_price);
   $("r-total").textContent = `× ${a.quantity} units = ${money.format(a.pledge_value)} pledge value`;
+  $("r-basis").textContent = a.value_basis || "";
   $("r-decision").textContent = a.decision;
   $("r-decision").className = `big decision-${a.decision}`;
   const reasons = $("r-reasons");
