@@ -21,6 +21,7 @@ from monitoring.report import write_replay_plot, write_report
 from monitoring.sweep import Monitor, SweepOutcome
 from monitoring.warning import title_comparables, train_warning, warning_for_model
 from valuation.pipeline import MODEL_TAG, resolve_model, train_model, value_function
+from valuation.policy import currency_of, load_policy
 
 DEMO_DIR = Path("var/demo")
 REPORTS = Path("var/reports")
@@ -94,7 +95,8 @@ def sweep_with_report(monitor: Monitor, as_of: date | None = None, reports: Path
     results = monitor.results(outcome.sweep_id).join(
         store.read("positions").select("position_id", "loan_amount"), on="position_id", how="left", maintain_order="left")
     market = monitor.sweeps.market(until=outcome.as_of)
-    return outcome, write_report(reports, monitor.get_sweep(outcome.sweep_id), results, market)
+    return outcome, write_report(reports, monitor.get_sweep(outcome.sweep_id), results, market,
+                                 currency_of(load_policy()))  # the policy the models are trained with
 
 
 @dataclass

@@ -11,6 +11,7 @@ from pathlib import Path
 import polars as pl
 
 from data.files import write_atomic
+from monitoring.reasons import reason_texts
 
 WORST_SHOWN = 25
 TRENDS_SHOWN = 6
@@ -52,20 +53,37 @@ def _plots(results: pl.DataFrame, market: pl.DataFrame, flagged: list[str]) -> t
     return ltv, trends
 
 
-def render_report(sweep: dict, results: pl.DataFrame, market: pl.DataFrame) -> str:
+def at_risk(results: pl.DataFrame) -> pl.DataFrame:
+    """Sweep results with loan_amount (LTV x collateral value) and amount_at_risk: the loan less what the
+    stock fetches at the low end of its value interval (its market value where there is no interval),
+    never below zero. Largest first; the weaker health first among equals."""
+    low = (pl.when(pl.col("value_low").is_not_null() & (pl.col("unit_value") > 0))
+           .then(pl.col("collateral_value") * pl.col("value_low") / pl.col("unit_value"))
+           .otherwise(pl.col("collateral_value")))
+    return (results.with_columns((pl.col("ltv") * pl.col("collateral_value")).alias("loan_amount"))
+            .with_columns((pl.col("loan_amount") - low).clip(0, None).fill_null(0.0).alias("amount_at_risk"))
+            .sort(["amount_at_risk", "health"], descending=[True, False]))
+
+
+def money(amount: float | None, currency: str) -> str:
+    return "-" if amount is None else f"{currency} {amount:,.2f}"
+
+
+def render_report(sweep: dict, results: pl.DataFrame, market: pl.DataFrame, currency: str) -> str:
     summary = sweep["summary"]
-    worst = results.sort("health").head(WORST_SHOWN)
+    worst = at_risk(results).head(WORST_SHOWN)
     flagged = results.filter(pl.col("action") != "ok").sort("health")["spu_id"].unique(maintain_order=True).to_list()
     ltv_png, trends = _plots(results, market, flagged)
     e = html.escape
 
     def row(r: dict) -> str:
         return ("<tr>" + "".join(f"<td>{e(str(v))}</td>" for v in (
-            r["position_id"], r["spu_id"], f"{r['health']:.0f}", r["grade"], r["action"],
-            "-" if r["ltv"] is None else f"{r['ltv']:.2f}",
+            r["position_id"], r["spu_id"], money(r["loan_amount"], currency), money(r["amount_at_risk"], currency),
+            f"{r['health']:.0f}", r["grade"], r["action"],
+            "-" if r["ltv"] is None else f"{r['ltv']:.0%}",
             "-" if r["price_change"] is None else f"{r['price_change']:+.0%}",
             "-" if r["velocity_trend"] is None else f"{r['velocity_trend']:.2f}",
-            r["value_source"], ", ".join(r["reasons"]))) + "</tr>")
+            r["value_source"], " ".join(reason_texts(r["reasons"])))) + "</tr>")
 
     counts = lambda d: " ".join(f"<span class=pill>{e(str(k))}: {v}</span>" for k, v in d.items())  # noqa: E731
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{e(sweep['sweep_id'])}</title>
@@ -73,11 +91,12 @@ def render_report(sweep: dict, results: pl.DataFrame, market: pl.DataFrame) -> s
 td,th{{border-bottom:1px solid #ddd;padding:4px 8px;text-align:left}}.pill{{background:#eef;border-radius:8px;
 padding:2px 8px;margin-right:6px}}.trends img{{margin:4px}}</style></head><body>
 <h1>Health sweep {e(str(sweep['as_of']))}</h1>
-<p>{summary['positions']} positions; loans {summary['loan_amount']:,.0f}; collateral value
-{summary['collateral_value']:,.0f}; alerts raised {summary['alerts']}; stale prices {summary['stale_prices']}.</p>
+<p>{summary['positions']:,} positions; loans {money(summary['loan_amount'], currency)}; collateral value
+{money(summary['collateral_value'], currency)}; alerts raised {summary['alerts']}; stale prices {summary['stale_prices']}.</p>
 <p>Grades: {counts(summary['grades'])}</p><p>Actions: {counts(summary['actions'])}</p>
 <h2>LTV across the book</h2><img alt="LTV histogram" src="{ltv_png}">
-<h2>Worst positions</h2><table><tr><th>position</th><th>SPU</th><th>health</th><th>grade</th><th>action</th>
+<h2>Worst positions (largest amount at risk first)</h2><table><tr><th>position</th><th>SPU</th><th>loan</th>
+<th>at risk</th><th>health</th><th>grade</th><th>action</th>
 <th>LTV</th><th>price since pledge</th><th>4w/12w sales</th><th>value from</th><th>reasons</th></tr>
 {''.join(row(r) for r in worst.iter_rows(named=True))}</table>
 <h2>Flagged SPUs: price (line) and units sold (bars)</h2><div class=trends>
@@ -85,8 +104,8 @@ padding:2px 8px;margin-right:6px}}.trends img{{margin:4px}}</style></head><body>
 </body></html>"""
 
 
-def write_report(folder: str | Path, sweep: dict, results: pl.DataFrame, market: pl.DataFrame) -> Path:
-    return write_atomic(Path(folder) / f"{sweep['sweep_id']}.html", render_report(sweep, results, market))
+def write_report(folder: str | Path, sweep: dict, results: pl.DataFrame, market: pl.DataFrame, currency: str) -> Path:
+    return write_atomic(Path(folder) / f"{sweep['sweep_id']}.html", render_report(sweep, results, market, currency))
 
 
 def write_replay_plot(curve: pl.DataFrame, points: dict, path: str | Path) -> Path:

@@ -91,7 +91,9 @@ class Monitor:
             return stored
         run = self.sweeps.get_run(sweep_id)
         if run is None:
-            return None
+            # the run may have completed between the two reads: the sweep row and the run's removal are
+            # one transaction, so with the run gone the sweep is there (or nobody asked for it)
+            return self.sweeps.get_sweep(sweep_id)
         return {"sweep_id": sweep_id, "status": run["status"], "since": run["started_at"], "error": run["error"]}
 
     # -- asked-for sweeps (the service's POST /sweep) ------------------------------------------

@@ -56,5 +56,17 @@ sweeps_app = Starlette(routes=[Route("/{sweep_id}", _sweep_status), Route("/{swe
                        exception_handlers={BentoMLException: _http_errors})
 reports_app = Starlette(routes=[Route("/backtest", _backtest_report)])
 catalog_app = Starlette(routes=[Route("/{spu_id}/image", _catalog_image)], exception_handlers={BentoMLException: _http_errors})
+def _desk_settings(request: Request) -> JSONResponse:
+    """What the page needs before any data: the book's currency and the sentence of every reason code.
+    Holds no data, so it is open like the page itself."""
+    from monitoring.reasons import FEATURE_TEXT, REASON_TEXT
+    from valuation.policy import currency_of
+
+    service = SERVICE_STATE["service"]
+    return JSONResponse({"currency": currency_of(service.model.policy), "reasons": REASON_TEXT,
+                         "warning_features": FEATURE_TEXT})
+
+
 # The desk page: static HTML/CSS/JS that calls the routes above with the key the officer enters.
-desk_app = Starlette(routes=[Mount("/", StaticFiles(directory=Path(__file__).with_name("desk"), html=True))])
+desk_app = Starlette(routes=[Route("/settings.json", _desk_settings),
+                             Mount("/", StaticFiles(directory=Path(__file__).with_name("desk"), html=True))])

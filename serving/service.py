@@ -26,9 +26,10 @@ from serving.config import service_config
 from serving.errors import ErrorShapeMiddleware, quiet_client_errors
 from serving.routes import SERVICE_STATE, catalog_app, desk_app, positions_app, reports_app, sweeps_app
 from serving.schemas import MAX_BATCH, PriceItem, SpuQuery, status_of
+from valuation.policy import currency_of
 
 log = logging.getLogger("pledgeval")
-WORST_SHOWN = 10
+WORST_SHOWN = 200  # positions the book view lists, the largest amount at risk first
 INLINE_BATCH = 16  # known-SPU requests up to this size are answered on the event loop
 DEMO_DIR = Path(os.environ.get("PLEDGEVAL_DEMO_DIR", "var/demo"))
 
@@ -56,6 +57,16 @@ def _load_model():
 
 def _json_rows(frame: pl.DataFrame) -> list[dict]:
     return json.loads(frame.write_json())  # dates, NaN and nested lists as JSON sees them
+
+
+def _with_reason_text(rows: list[dict]) -> list[dict]:
+    """Each row's reason codes also as sentences (``reason_text``), from monitoring.reasons' one table."""
+    from monitoring.reasons import reason_texts
+
+    for row in rows:
+        codes = row.get("reasons")
+        row["reason_text"] = reason_texts(json.loads(codes) if isinstance(codes, str) else codes)
+    return rows
 
 
 @bentoml.service(**service_config())
@@ -188,10 +199,14 @@ class PledgeService:
             raise BentoMLException(f"unknown sweep_id '{sweep_id}'", error_code=HTTPStatus.NOT_FOUND)
         if status["status"] != "completed":
             return json.loads(json.dumps(status, default=str))
-        worst = self.monitor.results(sweep_id).sort("health").head(WORST_SHOWN).select(
-            "position_id", "spu_id", "unit_value", "ltv", "health", "grade", "action", "reasons", "p_loss")
-        return {**json.loads(json.dumps(status, default=str)), "worst": _json_rows(worst),
-                "report_url": f"/sweeps/{sweep_id}/report"}
+        from monitoring.report import at_risk
+
+        worst = (at_risk(self.monitor.results(sweep_id)).head(WORST_SHOWN)
+                 .join(self.model.side.select("spu_id", "title"), on="spu_id", how="left", maintain_order="left")
+                 .select("position_id", "spu_id", "title", "loan_amount", "collateral_value", "amount_at_risk",
+                         "unit_value", "ltv", "health", "grade", "action", "reasons", "p_loss"))
+        return {**json.loads(json.dumps(status, default=str)), "currency": currency_of(self.model.policy),
+                "worst": _with_reason_text(_json_rows(worst)), "report_url": f"/sweeps/{sweep_id}/report"}
 
     def _resolve_sweep(self, sweep_id: str) -> str:
         if sweep_id != "latest":
@@ -209,7 +224,7 @@ class PledgeService:
         if stored is None:
             raise BentoMLException(f"unknown sweep_id '{sweep_id}'", error_code=HTTPStatus.NOT_FOUND)
         market = self.monitor.sweeps.market(until=stored["as_of"])
-        return render_report(stored, self.monitor.results(sweep_id), market)
+        return render_report(stored, self.monitor.results(sweep_id), market, currency_of(self.model.policy))
 
     def catalog_thumbnail(self, spu_id: str) -> bytes:
         """A small JPEG of a known SPU's first image, for comparables on the desk page."""
@@ -243,11 +258,11 @@ class PledgeService:
             raise BentoMLException(f"position '{position_id}' has not been swept yet: POST /sweep",
                                    error_code=HTTPStatus.CONFLICT)
         history = history.with_columns(pl.col("reasons").str.json_decode(pl.List(pl.String)))
-        latest = _json_rows(history.tail(1))[0]
+        latest = _with_reason_text(_json_rows(history.tail(1)))[0]
         market = self.monitor.sweeps.market(spu_id=latest["spu_id"]).sort("date")
         return {"position_id": position_id, "latest": latest,
                 "history": _json_rows(history.select("as_of", "unit_value", "ltv", "health", "grade", "action")),
-                "alerts": _json_rows(alerts) if alerts.height else [],
+                "alerts": _with_reason_text(_json_rows(alerts)) if alerts.height else [],
                 "market": _json_rows(market.select("date", "price", "units_sold"))}
 
     def _scheduler(self) -> None:

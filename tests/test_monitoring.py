@@ -93,6 +93,25 @@ def test_sweep_is_idempotent_and_alerts_deduplicated(monitor):
     assert history.height == 2 and alerts.height == 1
 
 
+def test_a_sweep_that_completes_between_the_status_reads_is_reported_complete(monitor, monkeypatch):
+    """GET /sweeps/{id} reads the stored sweep, then its run; a run that completes in between (the sweep row
+    written and the run removed in one transaction) must read as complete, never as unknown."""
+    sweep_id, mine = monitor.request_sweep(AS_OF)
+    assert mine and monitor.status(sweep_id)["status"] == "running"
+    read_sweep = monitor.sweeps.get_sweep
+    calls = []
+
+    def sweep_completing_after_first_read(asked):
+        calls.append(asked)
+        if len(calls) == 1:
+            monitor.run_requested(AS_OF)  # completes now, after the status read found no sweep
+            return None
+        return read_sweep(asked)
+
+    monkeypatch.setattr(monitor.sweeps, "get_sweep", sweep_completing_after_first_read)
+    assert monitor.status(sweep_id)["status"] == "completed"
+
+
 def test_lock_keeps_two_schedulers_apart(monitor):
     other = Monitor(monitor.store)
     other.holder = "another-host:1"
@@ -140,7 +159,7 @@ def test_report_renders(monitor):
     outcome = monitor.run_sweep(AS_OF)
     results = monitor.results(outcome.sweep_id).join(monitor.store.read("positions").select(
         "position_id", "loan_amount"), on="position_id")
-    page = render_report(monitor.get_sweep(outcome.sweep_id), results, monitor.store.read("market"))
+    page = render_report(monitor.get_sweep(outcome.sweep_id), results, monitor.store.read("market"), "GBP")
     assert "Health sweep 2024-03-31" in page and "P2" in page and page.count("data:image/png;base64") >= 2
 
 
@@ -157,3 +176,24 @@ def test_a_sweep_as_of_a_future_day_or_before_the_market_is_refused_and_stores_n
     with pytest.raises(ValueError, match="as_of"):
         monitor.run_sweep(as_of)
     assert monitor.store.count("sweeps") == 0 and monitor.latest_sweep_id() is None
+
+
+def test_every_reason_code_a_sweep_gives_has_a_sentence():
+    """A book where every health penalty fires (a falling, volatile, slowing and then silent market, a
+    thin-selling second SPU, a high loan): each reason code it gives reads as a sentence."""
+    from monitoring.health import WARNING_FEATURES
+    from monitoring.reasons import REASON_TEXT, reason_text
+    from valuation.policy import REASON_TEXT as ADMISSION_TEXT
+
+    config = load_config()
+    config["score"]["volatility_ok"], config["score"]["liquidation_days_ok"] = 0.0, 0.0
+    falling = steady_market(end=AS_OF - timedelta(days=20)).with_columns(
+        (10.0 - pl.int_range(pl.len()) % 7 * (pl.col("date") > date(2024, 2, 20))).alias("price"),
+        pl.when(pl.col("date") > date(2024, 2, 20)).then(1).otherwise(5).alias("units_sold"))
+    scored = score_book(book(loan_amount=990.0), falling, AS_OF, config)
+    codes = set(scored["reasons"].explode().drop_nulls().to_list())
+    assert codes == {"ltv_high", "price_drop", "sales_slowing", "slow_liquidation", "volatile", "stale_price"}, codes
+    assert all(code in REASON_TEXT and reason_text(code).endswith(".") for code in codes)
+    assert set(ADMISSION_TEXT) <= set(REASON_TEXT)
+    assert all("_" not in reason_text(f"early_warning:{f}") for f in WARNING_FEATURES)
+    assert reason_text("something_new") == "something_new"  # shown as itself, never dropped

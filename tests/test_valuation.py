@@ -188,6 +188,9 @@ def test_new_spu_with_title_only_gets_wide_interval_and_review(pledge_model):
     assert (row["value_high"] - row["value_low"]) / row["value"] > (known["value_high"] - known["value_low"]) / \
         known["value"]
     assert "no_history" in row["reasons"] and len(row["comparables"]) == 3
+    from valuation.policy import REASON_TEXT
+
+    assert row["reason_text"] == [REASON_TEXT[code] for code in row["reasons"]]
 
 
 def test_a_catalogue_title_alone_is_matched_to_its_spu_and_a_photo_never_to_another(pledge_model):

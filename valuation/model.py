@@ -24,7 +24,7 @@ from embeddings.encoder import DEFAULT_CONFIG
 from embeddings.catalog import build_spu_index
 from embeddings.encoder import ImageError
 from embeddings.matching import best_candidate
-from valuation.policy import HAIRCUT_PARTS, AdmissionPolicy, HaircutPolicy, load_policy
+from valuation.policy import HAIRCUT_PARTS, AdmissionPolicy, HaircutPolicy, currency_of, load_policy
 from valuation.recovery import DRIVER_TYPE, LEARNED_COLUMNS, LearnedHaircut, neighbours_from
 from valuation.training import ValueModel, forward_prices, launch_prices
 
@@ -35,14 +35,14 @@ N_COMPARABLES_SHOWN = 3
 MAX_BATCH = 1000
 IMPOSTOR_SAMPLE = 2000  # known SPUs whose nearest other SPU sets a space's match threshold
 ANSWER_COLUMNS = ["value", "value_low", "value_high", "head", "haircut", *HAIRCUT_PARTS, *LEARNED_COLUMNS,
-                  "pledge_unit_price", "quantity", "pledge_value", "days_to_sell", "decision", "reasons", "matched_spu_id", "match_score",
+                  "pledge_unit_price", "quantity", "pledge_value", "days_to_sell", "decision", "reasons", "reason_text", "matched_spu_id", "match_score",
                   "category", "comparables", "value_basis"]
 SPACE_WORDS = {"content": "title and photo", "title": "title", "image": "photo"}
 COMPARABLE_TYPE = pl.List(pl.Struct({"spu_id": pl.String, "title": pl.String, "similarity": pl.Float64,
                                      "price": pl.Float64, "image": pl.String}))
 ANSWER_SCHEMA = {name: pl.Float64 for name in ANSWER_COLUMNS} | {
     "head": pl.String, "haircut_source": pl.String, "haircut_drivers": DRIVER_TYPE, "quantity": pl.Int64,
-    "decision": pl.String, "reasons": pl.List(pl.String), "matched_spu_id": pl.String, "category": pl.String,
+    "decision": pl.String, "reasons": pl.List(pl.String), "reason_text": pl.List(pl.String), "matched_spu_id": pl.String, "category": pl.String,
     "comparables": COMPARABLE_TYPE, "value_basis": pl.String}
 # what a valuation (catalogue or new) gives a request; the rest of the answer comes from the request
 VALUED_COLUMNS = ("value", "value_low", "value_high", "head", "daily_volatility", "units_per_day", "negativity",
@@ -322,7 +322,7 @@ class PledgeModel:
             value_basis(head=head, comparables=comparables, matched_spu_id=spu,
                         match_score=None if score != score else score, match=matched.get(r), space=space,
                         threshold=self.match_threshold(space) if space else None,
-                        matched_title=titles.get(spu) if spu else None)
+                        matched_title=titles.get(spu) if spu else None, currency=currency_of(self.policy))
             for r, space, head, comparables, spu, score in zip(request_rows, spaces, cols["head"], cols["comparables"],
                                                                cols["matched_spu_id"], cols["match_score"])]
         return cols
@@ -482,14 +482,16 @@ def match_space(has_title: bool, has_image: bool) -> str:
 
 
 def value_basis(*, head: str, comparables: list[dict] | None, matched_spu_id: str | None, match_score: float | None,
-                match: tuple | None, space: str | None, threshold: float | None, matched_title: str | None) -> str:
+                match: tuple | None, space: str | None, threshold: float | None, matched_title: str | None,
+                currency: str) -> str:
     """What drove the value, in a sentence a credit officer reads: the SPU it was taken to be (or why
     none), the head that valued it, and the prices of the comparables shown beside it."""
     source = ("its own recent sales prices, its listing and comparables' prices" if head == "warm"
               else "its listing (title, photos, reviews) and comparables' prices")
     prices = [c["price"] for c in comparables or [] if c.get("price") is not None]
-    shown = (f" The {len(prices)} closest priced comparables sell at {min(prices):,.2f} to {max(prices):,.2f}."
-             if len(prices) > 1 else f" The closest priced comparable sells at {prices[0]:,.2f}." if prices else "")
+    shown = (f" The {len(prices)} closest priced comparables sell at {currency} {min(prices):,.2f} to "
+             f"{currency} {max(prices):,.2f}." if len(prices) > 1 else
+             f" The closest priced comparable sells at {currency} {prices[0]:,.2f}." if prices else "")
     if match is None:
         return f"Known SPU, valued by the model from {source}.{shown}"
     words = SPACE_WORDS[space]

@@ -27,6 +27,11 @@ def load_policy(path: str | Path | None = None) -> dict:
 Columns = Mapping[str, "np.ndarray | pl.Series"]  # a DataFrame, or a dict of numpy columns (the request path)
 
 
+def currency_of(policy: dict) -> str:
+    """The ISO 4217 code of the catalogue's prices (``[catalogue] currency``); USD for a policy without it."""
+    return policy.get("catalogue", {}).get("currency", "USD")
+
+
 def _floats(frame: Columns, name: str) -> np.ndarray:
     """A column as float64 with NaN for null (unknown)."""
     column = frame[name]
@@ -85,6 +90,26 @@ class HaircutPolicy:
                 "pledge_unit_price": value * (1 - haircut), "haircut_at_cap": haircut >= c["cap"]}
 
 
+# What each admission reason means, as the desk page, the reports and the API's ``reason_text`` say it.
+REASON_TEXT = {
+    "category_not_financeable": "The desk does not lend against this category.",
+    "illiquid": "Selling the pledged quantity would take longer than the policy allows.",
+    "haircut_at_cap": "The haircut hit its cap: the value cannot be relied on.",
+    "novel": "A new product that matches no known SPU, and its value is uncertain.",
+    "slow_to_sell": "Selling the pledged quantity would take months.",
+    "volatile": "Its price moves more from day to day than the policy accepts.",
+    "negative_reviews": "Its reviews are mostly negative.",
+    "no_history": "It has no sales or price history yet.",
+    "wide_interval": "The value's 90% interval is wide.",
+    "breach_risk": "The chance that a forced sale fetches less than the loan is above the policy's limit.",
+}
+
+
+def reason_text(codes: list[str]) -> list[str]:
+    """The sentences of admission reason codes (an unknown code is shown as itself)."""
+    return [REASON_TEXT.get(code, code) for code in codes]
+
+
 class AdmissionPolicy:
     """accept / review / reject with machine-readable reasons (a list of codes per row).
 
@@ -140,4 +165,4 @@ class AdmissionPolicy:
         reasons = [[names[k] for k in np.flatnonzero(row)] for row in masks]
         rejected = masks[:, [names.index(r) for r in self.REJECT]].any(axis=1)
         decision = np.where(rejected, "reject", np.where(masks.any(axis=1), "review", "accept"))
-        return {"reasons": reasons, "decision": decision.tolist()}
+        return {"reasons": reasons, "reason_text": [reason_text(r) for r in reasons], "decision": decision.tolist()}

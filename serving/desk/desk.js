@@ -5,9 +5,18 @@
 const $ = (id) => document.getElementById(id);
 const KEY = "pledgeval.apiKey";
 const MAX_PHOTO_BYTES = 8 * 1024 * 1024;  // the service's per-image limit
-const money = new Intl.NumberFormat(undefined, { maximumFractionDigits: 2, minimumFractionDigits: 2 });
+// Every amount carries the book's currency (monitor.toml, from /desk/settings.json) once it is known.
+let money = new Intl.NumberFormat(undefined, { maximumFractionDigits: 2, minimumFractionDigits: 2 });
+const count = new Intl.NumberFormat();
 const pct = (x) => `${(100 * x).toFixed(1)}%`;
+const ltvText = (x) => (x == null ? "–" : `${Math.round(100 * x)}%`);
 let photoBase64 = null;
+const settings = fetch("settings.json")  // beside the page: /desk/settings.json
+  .then((r) => (r.ok ? r.json() : {})).catch(() => ({}))
+  .then((s) => {
+    if (s.currency) money = new Intl.NumberFormat(undefined, { style: "currency", currency: s.currency });
+    return s;
+  });
 
 function headers() {
   const key = sessionStorage.getItem(KEY);
@@ -93,6 +102,12 @@ const drop = $("drop");
   drop.classList.add("over");
 }));
 ["dragleave", "drop"].forEach((type) => drop.addEventListener(type, () => drop.classList.remove("over")));
+drop.addEventListener("keydown", (event) => {  // the drop zone takes focus: Enter or Space picks a file
+  if (event.key === "Enter" || event.key === " ") {
+    event.preventDefault();
+    $("photo").click();
+  }
+});
 drop.addEventListener("drop", (event) => {
   event.preventDefault();
   takePhoto(event.dataTransfer.files[0]);
@@ -110,7 +125,10 @@ $("price-form").addEventListener("submit", async (event) => {
     reviews: $("reviews").value.split("\n").map((r) => r.trim()).filter(Boolean),
   };
   if (photoBase64) item.image_base64 = photoBase64;
+  // a new SPU takes a few seconds: say so, and keep the form from being sent twice meanwhile
   $("submit-price").disabled = true;
+  $("submit-price").textContent = "Pricing…";
+  show($("price-status"), true);
   try {
     const answers = await api("/price", {
       method: "POST",
@@ -124,28 +142,44 @@ $("price-form").addEventListener("submit", async (event) => {
     fail($("price-error"), err);
   } finally {
     $("submit-price").disabled = false;
+    $("submit-price").textContent = "Get pledge price";
+    show($("price-status"), false);
   }
 });
 
 async function renderPrice(a) {
+  await settings;
   $("r-value").textContent = money.format(a.value);
   $("r-interval").textContent = `90% interval ${money.format(a.value_low)} – ${money.format(a.value_high)}`;
   $("r-pledge").textContent = money.format(a.pledge_unit_price);
-  $("r-total").textContent = `× ${a.quantity} units = ${money.format(a.pledge_value)} pledge value`;
+  $("r-total").textContent = `× ${count.format(a.quantity)} units = ${money.format(a.pledge_value)} pledge value`;
   $("r-basis").textContent = a.value_basis || "";
   $("r-decision").textContent = a.decision;
   $("r-decision").className = `big decision-${a.decision}`;
   const reasons = $("r-reasons");
-  reasons.replaceChildren(...(a.reasons || []).map((r) => li(r)));
+  const said = a.reason_text && a.reason_text.length ? a.reason_text :
+    [a.decision === "accept" ? "Within policy: nothing needs a closer look." : "No reason given."];
+  reasons.replaceChildren(...said.map((r) => li(r)));
   $("r-haircut").textContent = pct(a.haircut);
-  const parts = $("r-haircut-parts").tBodies[0];
-  // a learned haircut has its own parts (recovery, value above market); the rule parts are null then
-  const partNames = ["haircut_base", "haircut_market", "haircut_liquidity", "haircut_uncertainty",
-    "haircut_recovery", "haircut_value_gap"];
-  parts.replaceChildren(...partNames.filter((name) => a[name] != null).map(
-    (name) => row([name.replace("haircut_", "").replace("_", " "), pct(a[name])])),
-    ...(a.haircut_drivers || []).map((d) => row([`moved by ${d.feature.replaceAll("_", " ")}`,
-      `${d.effect >= 0 ? "+" : ""}${pct(d.effect)}`])));
+  // the step from value to pledge price, each haircut part as an amount (a learned haircut has its own
+  // two parts; the rule parts are null then)
+  const steps = $("r-haircut-parts").tBodies[0];
+  const parts = HAIRCUT_PARTS.filter(([name]) => a[name] != null);
+  const rows = [row(["Unit value", "", money.format(a.value)])];
+  for (const [name, label] of parts) rows.push(row([`− ${label}`, pct(a[name]), `− ${money.format(a[name] * a.value)}`]));
+  const summed = parts.reduce((total, [name]) => total + a[name], 0);
+  if (Math.abs(summed - a.haircut) > 5e-4) {
+    rows.push(row([a.haircut > summed ? "+ raised to the policy's minimum haircut" : "+ capped at the policy's maximum haircut",
+      pct(a.haircut - summed), `${a.haircut > summed ? "− " : "+ "}${money.format(Math.abs(a.haircut - summed) * a.value)}`]));
+  }
+  rows.push(row(["= Pledge unit price", pct(1 - a.haircut), money.format(a.pledge_unit_price)]));
+  rows[rows.length - 1].className = "total";
+  for (const d of a.haircut_drivers || []) {
+    const tr = row([`   moved by ${featureText(d.feature)}`, `${d.effect >= 0 ? "+" : "−"}${pct(Math.abs(d.effect))}`, ""]);
+    tr.className = "driver";
+    rows.splice(rows.length - 1, 0, tr);
+  }
+  steps.replaceChildren(...rows);
   const box = $("r-comparables");
   box.replaceChildren();
   for (const c of a.comparables || []) {
@@ -176,29 +210,65 @@ async function loadBook() {
   show($("book-error"), false);
   show($("detail"), false);
   try {
-    const sweep = await api("/sweeps/latest");
+    const [sweep] = await Promise.all([api("/sweeps/latest"), settings]);
     const s = sweep.summary;
     $("b-asof").textContent = `as of ${sweep.as_of}`;
-    $("b-totals").textContent = `${s.positions} positions · loans ${money.format(s.loan_amount)} · collateral ` +
-      `${money.format(s.collateral_value)} · ${s.alerts} alerts raised`;
-    $("b-grades").replaceChildren(...Object.entries(s.grades).map(([g, n]) => text("span", `${g}: ${n}`, "pill")));
+    $("b-totals").textContent = `${count.format(s.positions)} positions · loans ${money.format(s.loan_amount)} · ` +
+      `collateral ${money.format(s.collateral_value)} · ${count.format(s.alerts)} alerts raised`;
+    $("b-grades").replaceChildren(text("span", "Grades:", "label"),
+      ...Object.entries(s.grades).map(([g, n]) => text("span", `${g}: ${n}`, "pill")));
+    $("b-actions").replaceChildren(text("span", "Actions:", "label"),
+      ...Object.entries(s.actions).map(([a, n]) => text("span", `${a}: ${n}`, `pill action-${a}`)));
     $("b-report").onclick = (event) => { event.preventDefault(); openReport(sweep.report_url); };
     $("b-report").href = sweep.report_url;
     $("b-backtest").onclick = (event) => { event.preventDefault(); openReport("/reports/backtest"); };
-    const body = $("b-worst").tBodies[0];
-    body.replaceChildren(...sweep.worst.map((w) => {
-      const link = document.createElement("a");
-      link.href = `#position/${encodeURIComponent(w.position_id)}`;
-      link.textContent = w.position_id;
-      return row([link, w.spu_id, w.health.toFixed(0), w.grade, w.ltv == null ? "–" : w.ltv.toFixed(2), w.action,
-        (w.reasons || []).join(", ")]);
-    }));
+    book = [...sweep.worst].sort((x, y) => y.amount_at_risk - x.amount_at_risk);
+    fillFilter($("f-action"), book.map((w) => w.action));
+    fillFilter($("f-grade"), book.map((w) => w.grade));
+    showBook();
     show($("book"), true);
   } catch (err) {
     show($("book"), false);
     fail($("book-error"), err);
   }
 }
+
+let book = [];
+function fillFilter(select, values) {
+  const keep = select.value;
+  select.replaceChildren(new Option("all", ""), ...[...new Set(values)].sort().map((v) => new Option(v, v)));
+  select.value = [...select.options].some((o) => o.value === keep) ? keep : "";
+}
+function shownBook() {
+  const action = $("f-action").value, grade = $("f-grade").value;
+  return book.filter((w) => (!action || w.action === action) && (!grade || w.grade === grade));
+}
+function showBook() {
+  const rows = shownBook();
+  $("b-worst").tBodies[0].replaceChildren(...rows.map((w) => {
+    const link = document.createElement("a");
+    link.href = `#position/${encodeURIComponent(w.position_id)}`;
+    link.textContent = w.position_id;
+    const title = text("span", w.title || w.spu_id);
+    title.title = w.spu_id;
+    return row([link, title, money.format(w.loan_amount ?? 0), money.format(w.amount_at_risk),
+      ltvText(w.ltv), `${w.health.toFixed(0)} (${w.grade})`, w.action, (w.reason_text || []).join(" ")]);
+  }));
+  $("b-count").textContent = `${rows.length} of ${book.length} positions, the largest amount at risk first`;
+}
+$("f-action").addEventListener("change", showBook);
+$("f-grade").addEventListener("change", showBook);
+$("b-csv").addEventListener("click", () => {
+  const columns = ["position_id", "spu_id", "title", "loan_amount", "collateral_value", "amount_at_risk", "ltv",
+    "health", "grade", "action"];
+  const quote = (v) => (v == null ? "" : /[",\n]/.test(String(v)) ? `"${String(v).replaceAll('"', '""')}"` : String(v));
+  const lines = [columns.concat("reasons").join(","),
+    ...shownBook().map((w) => columns.map((c) => quote(w[c])).concat(quote((w.reason_text || []).join(" "))).join(","))];
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(new Blob([lines.join("\n") + "\n"], { type: "text/csv" }));
+  link.download = `book-${$("b-asof").textContent.replace("as of ", "")}.csv`;
+  link.click();
+});
 
 // The report needs the key too: fetch it, then open it as a blob in a new tab.
 async function openReport(url) {
@@ -217,22 +287,24 @@ async function loadPosition(id) {
     const h = await api(`/positions/${encodeURIComponent(id)}/health`);
     const l = h.latest;
     $("d-id").textContent = id;
-    $("d-latest").textContent = `SPU ${l.spu_id} · health ${l.health.toFixed(0)} (${l.grade}) · LTV ` +
-      `${l.ltv == null ? "–" : l.ltv.toFixed(2)} · ${l.action}`;
+    const title = (book.find((w) => w.spu_id === l.spu_id) || {}).title;
+    const loan = l.ltv == null ? null : l.ltv * l.collateral_value;
+    $("d-latest").textContent = `${title || "SPU " + l.spu_id} · health ${l.health.toFixed(0)} (${l.grade}) · ` +
+      `${l.action} · loan ${loan == null ? "–" : money.format(loan)} · collateral ${money.format(l.collateral_value)} · ` +
+      `LTV ${ltvText(l.ltv)} · ${l.days_to_liquidate == null ? "no recent sales" :
+        `${Math.round(l.days_to_liquidate)} days to sell at today's pace`}`;
     plot($("d-price"), h.market.map((m) => m.price));
     plot($("d-sales"), h.market.map((m) => m.units_sold));
     plot($("d-ltv"), h.history.map((r) => r.ltv));
     $("d-alerts").replaceChildren(...(h.alerts.length ? h.alerts.map((a) => li(`${a.as_of}: ${a.action} ` +
-      `(was ${a.previous_action || "–"}): ${reasonList(a.reasons)}`)) : [li("none")]));
+      `(was ${a.previous_action || "–"}): ${(a.reason_text || []).join(" ")}`)) : [li("none")]));
     show($("detail"), true);
+    $("detail").scrollIntoView({ block: "start" });
   } catch (err) {
     fail($("book-error"), err);
   }
 }
 
-function reasonList(reasons) {
-  try { return (typeof reasons === "string" ? JSON.parse(reasons) : reasons).join(", "); } catch (_) { return reasons; }
-}
 
 // A line through the series, scaled to the box; gaps (null) are skipped.
 function plot(svg, values) {
@@ -256,6 +328,18 @@ function svgText(x, y, content) {
   t.setAttribute("y", y);
   t.textContent = content;
   return t;
+}
+
+const HAIRCUT_PARTS = [
+  ["haircut_base", "base haircut for the category"],
+  ["haircut_market", "market risk: the price may fall before the stock is sold"],
+  ["haircut_liquidity", "liquidity: time needed to sell this quantity"],
+  ["haircut_uncertainty", "model uncertainty: the value's interval"],
+  ["haircut_recovery", "forced-sale loss, learned from past recoveries"],
+  ["haircut_value_gap", "value above what the market recently paid"],
+];
+function featureText(feature) {
+  return feature.replaceAll("_", " ");
 }
 
 // -- small DOM helpers -----------------------------------------------------------------------
