@@ -33,6 +33,15 @@ def screenshots():
     return folder
 
 
+def _open_desk(browser, client, width: int, height: int):
+    """The desk page in a new tab of this size, with the service's key entered."""
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.goto(f"{client.base_url}/desk/")
+    page.fill("#api-key", client.headers["X-API-Key"])
+    page.click("#key-form button")
+    return page
+
+
 def _swept(client) -> None:
     started = client.post("/sweep", json={})
     assert started.status_code == 200, started.text
@@ -43,10 +52,7 @@ def test_price_form_shows_pledge_price_comparables_and_errors(server, browser, s
     client, tables = server
     spus = tables["spus"].filter(tables["spus"]["images"].list.len() > 0)
     title, image = spus["title"][0], spus["images"][0][0]
-    page = browser.new_page(viewport={"width": 1100, "height": 1400})
-    page.goto(f"{client.base_url}/desk/")
-    page.fill("#api-key", client.headers["X-API-Key"])
-    page.click("#key-form button")
+    page = _open_desk(browser, client, 1100, 1400)
     assert page.text_content("#key-state") == "key set for this tab"
 
     page.fill("#title", title)
@@ -95,10 +101,7 @@ def test_a_catalogue_title_alone_is_priced_at_that_spus_value_and_says_why(serve
     client, tables = server
     spu_id, title = tables["spus"].filter(tables["spus"]["images"].list.len() > 0).row(1)[:2]
     known = client.post("/price", json={"items": [{"spu_id": spu_id, "quantity": 5}]}).json()[0]
-    page = browser.new_page(viewport={"width": 1100, "height": 1400})
-    page.goto(f"{client.base_url}/desk/")
-    page.fill("#api-key", client.headers["X-API-Key"])
-    page.click("#key-form button")
+    page = _open_desk(browser, client, 1100, 1400)
     page.fill("#title", title)
     page.fill("#quantity", "5")
     page.click("#submit-price")
@@ -131,10 +134,7 @@ def _raw_codes(text: str) -> list[str]:
 
 def test_a_pending_price_says_so_and_reasons_read_as_sentences(server, browser):
     client, _ = server
-    page = browser.new_page(viewport={"width": 1100, "height": 1400})
-    page.goto(f"{client.base_url}/desk/")
-    page.fill("#api-key", client.headers["X-API-Key"])
-    page.click("#key-form button")
+    page = _open_desk(browser, client, 1100, 1400)
 
     def slow(route):  # hold the answer long enough to look at the page meanwhile
         import time
@@ -159,10 +159,7 @@ def test_a_pending_price_says_so_and_reasons_read_as_sentences(server, browser):
 def test_both_views_fit_a_phone_and_the_photo_picker_opens_from_the_keyboard(server, browser, screenshots):
     client, _ = server
     _swept(client)
-    page = browser.new_page(viewport={"width": 390, "height": 844})
-    page.goto(f"{client.base_url}/desk/")
-    page.fill("#api-key", client.headers["X-API-Key"])
-    page.click("#key-form button")
+    page = _open_desk(browser, client, 390, 844)
     page.fill("#title", "Kestrel Leather Watch")
     page.click("#submit-price")
     page.wait_for_selector("#price-result", state="visible", timeout=60_000)
@@ -192,10 +189,7 @@ def test_without_the_key_the_page_says_so(server, browser):
 def test_book_view_lists_worst_positions_and_their_health(server, browser, screenshots):
     client, _ = server
     _swept(client)
-    page = browser.new_page(viewport={"width": 1100, "height": 1200})
-    page.goto(f"{client.base_url}/desk/")
-    page.fill("#api-key", client.headers["X-API-Key"])
-    page.click("#key-form button")
+    page = _open_desk(browser, client, 1100, 1200)
     page.click("#nav-book")
     page.wait_for_selector("#book", state="visible", timeout=30_000)
     assert "positions" in page.text_content("#b-totals")
