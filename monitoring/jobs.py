@@ -92,8 +92,8 @@ def sweep_with_report(monitor: Monitor, as_of: date | None = None, reports: Path
     """Run (or find) the sweep of ``as_of`` and write its HTML report."""
     outcome = monitor.run_sweep(as_of)
     store = monitor.store
-    results = monitor.results(outcome.sweep_id).join(
-        store.read("positions").select("position_id", "loan_amount"), on="position_id", how="left", maintain_order="left")
+    results = (monitor.results(outcome.sweep_id)
+               .join(store.read("spus").select("spu_id", "title"), on="spu_id", how="left", maintain_order="left"))
     market = monitor.sweeps.market(until=outcome.as_of)
     return outcome, write_report(reports, monitor.get_sweep(outcome.sweep_id), results, market,
                                  currency_of(load_policy()))  # the policy the models are trained with

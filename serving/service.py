@@ -224,7 +224,9 @@ class PledgeService:
         if stored is None:
             raise BentoMLException(f"unknown sweep_id '{sweep_id}'", error_code=HTTPStatus.NOT_FOUND)
         market = self.monitor.sweeps.market(until=stored["as_of"])
-        return render_report(stored, self.monitor.results(sweep_id), market, currency_of(self.model.policy))
+        results = self.monitor.results(sweep_id).join(self.model.side.select("spu_id", "title"), on="spu_id",
+                                                      how="left", maintain_order="left")
+        return render_report(stored, results, market, currency_of(self.model.policy))
 
     def catalog_thumbnail(self, spu_id: str) -> bytes:
         """A small JPEG of a known SPU's first image, for comparables on the desk page."""

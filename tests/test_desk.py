@@ -219,6 +219,13 @@ def test_book_view_lists_worst_positions_and_their_health(server, browser, scree
     page.wait_for_selector("#detail", state="visible", timeout=30_000)
     assert page.text_content("#d-id") == position
     assert page.locator("#d-price polyline").count() == 1  # the SPU's price trend is drawn
+    from datetime import date as day
+
+    labels = page.locator("#d-sales text").all_text_contents()  # highest, lowest, first day, last day
+    first, last = day.fromisoformat(labels[2]), day.fromisoformat(labels[3])
+    points = page.get_attribute("#d-sales polyline", "points").split()
+    assert len(points) == (last - first).days + 1  # every day drawn, days without a sale as zero
+    assert page.locator("#d-ltv circle").count() + page.locator("#d-ltv polyline").count() == 1
     assert page.locator("#d-alerts li").count() >= 1
     assert _raw_codes(page.text_content("#detail")) == []
     page.screenshot(path=screenshots / "desk-position.png", full_page=True)

@@ -159,8 +159,12 @@ def test_report_renders(monitor):
     outcome = monitor.run_sweep(AS_OF)
     results = monitor.results(outcome.sweep_id).join(monitor.store.read("positions").select(
         "position_id", "loan_amount"), on="position_id")
+    results = results.with_columns(pl.col("spu_id").replace({"A": "Alpha mug", "B": "Beta vase"}).alias("title"))
     page = render_report(monitor.get_sweep(outcome.sweep_id), results, monitor.store.read("market"), "GBP")
-    assert "Health sweep 2024-03-31" in page and "P2" in page and page.count("data:image/png;base64") >= 2
+    assert "Health sweep 2024-03-31" in page and "P2" in page
+    assert page.count("data:image/png;base64") == 3  # the LTV spread, and one trend per listed product
+    assert "Beta vase (B)" in page and "GBP 800.00" in page and "160%" in page  # loan, LTV in per cent
+    assert "price_drop" not in page and "Its price has fallen since the pledge." in page
 
 
 def test_replay_scoring_rules():

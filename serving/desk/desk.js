@@ -293,9 +293,9 @@ async function loadPosition(id) {
       `${l.action} · loan ${loan == null ? "–" : money.format(loan)} · collateral ${money.format(l.collateral_value)} · ` +
       `LTV ${ltvText(l.ltv)} · ${l.days_to_liquidate == null ? "no recent sales" :
         `${Math.round(l.days_to_liquidate)} days to sell at today's pace`}`;
-    plot($("d-price"), h.market.map((m) => m.price));
-    plot($("d-sales"), h.market.map((m) => m.units_sold));
-    plot($("d-ltv"), h.history.map((r) => r.ltv));
+    plot($("d-price"), h.market.map((m) => [m.date, m.price]), (v) => money.format(v));
+    plot($("d-sales"), everyDay(h.market.map((m) => [m.date, m.units_sold])), (v) => count.format(v));
+    plot($("d-ltv"), h.history.map((r) => [r.as_of, r.ltv]), ltvText);
     $("d-alerts").replaceChildren(...(h.alerts.length ? h.alerts.map((a) => li(`${a.as_of}: ${a.action} ` +
       `(was ${a.previous_action || "–"}): ${(a.reason_text || []).join(" ")}`)) : [li("none")]));
     show($("detail"), true);
@@ -306,20 +306,39 @@ async function loadPosition(id) {
 }
 
 
-// A line through the series, scaled to the box; gaps (null) are skipped.
-function plot(svg, values) {
-  const points = values.map((v, i) => [i, v]).filter(([, v]) => v != null && Number.isFinite(v));
+// A line through [date, value] points, spaced by date, with the first and last date under it and the
+// highest and lowest value beside it; gaps (null) are skipped. One point is drawn as a dot and said.
+function plot(svg, series, format) {
+  const points = series.filter(([, v]) => v != null && Number.isFinite(v)).map(([d, v]) => [Date.parse(d), v, d]);
   svg.replaceChildren();
-  if (points.length < 2) {
-    svg.append(svgText(10, 60, points.length ? `${points[0][1].toFixed(2)} (one point)` : "no data"));
+  if (!points.length) { svg.append(svgText(10, 60, "no data")); return; }
+  const ys = points.map(([, v]) => v);
+  const lo = Math.min(...ys), hi = Math.max(...ys), span = hi - lo || 1;
+  const t0 = points[0][0], t1 = points[points.length - 1][0], width = t1 - t0 || 1;
+  const x = (t) => (48 + 264 * (t - t0) / width).toFixed(1), y = (v) => (100 - 85 * (v - lo) / span).toFixed(1);
+  if (points.length === 1) {
+    const dot = document.createElementNS("http://www.w3.org/2000/svg", "circle");
+    dot.setAttribute("cx", 180); dot.setAttribute("cy", 58); dot.setAttribute("r", 4);
+    svg.append(dot, svgText(60, 85, `one sweep so far: ${format(points[0][1])} on ${points[0][2]}`));
     return;
   }
-  const ys = points.map(([, v]) => v);
-  const lo = Math.min(...ys), hi = Math.max(...ys), span = hi - lo || 1, n = values.length - 1 || 1;
-  const path = points.map(([i, v]) => `${(10 + 300 * i / n).toFixed(1)},${(110 - 95 * (v - lo) / span).toFixed(1)}`);
   const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
-  line.setAttribute("points", path.join(" "));
-  svg.append(line, svgText(12, 12, hi.toFixed(2)), svgText(12, 118, lo.toFixed(2)));
+  line.setAttribute("points", points.map(([t, v]) => `${x(t)},${y(v)}`).join(" "));
+  const last = svgText(312, 116, points[points.length - 1][2]);
+  last.setAttribute("text-anchor", "end");
+  svg.append(line, svgText(2, 18, format(hi)), svgText(2, 102, format(lo)), svgText(48, 116, points[0][2]), last);
+}
+
+// Daily units with the days without a sale as zeros (the market holds only the days something sold).
+function everyDay(series) {
+  if (!series.length) return series;
+  const sold = new Map(series.map(([d, v]) => [d, v]));
+  const out = [];
+  for (let t = Date.parse(series[0][0]); t <= Date.parse(series[series.length - 1][0]); t += 86400000) {
+    const day = new Date(t).toISOString().slice(0, 10);
+    out.push([day, sold.get(day) ?? 0]);
+  }
+  return out;
 }
 
 function svgText(x, y, content) {
