@@ -80,6 +80,9 @@ def test_price_form_shows_pledge_price_comparables_and_errors(server, browser, s
     assert steps.last.text_content().startswith("= Pledge unit price")
     comparables = page.locator(".comparable")
     assert comparables.count() >= 1
+    # the value's interval, the value and the pledge price, and one dot per comparable price
+    assert page.locator("#r-range rect.band").count() == 1 and page.locator("#r-range line").count() == 2
+    assert page.locator("#r-range circle").count() == comparables.count()
     assert comparables.first.locator(".title").text_content().strip()
     # the thumbnail of a catalogue SPU is fetched with the key and shown
     page.wait_for_function("document.querySelector('.comparable img').naturalWidth > 0", timeout=10_000)

@@ -191,7 +191,40 @@ async function renderPrice(a) {
     box.append(card);
     if (c.image_url) thumbnail(img, c.image_url); else img.hidden = true;
   }
+  rangeChart($("r-range"), a);
   show($("price-result"), true);
+}
+
+// Where the value sits: its interval as a band, the value and the pledge price as marks, the comparables'
+// prices as dots; log-scaled, since a wide interval spans several times the value.
+function rangeChart(svg, a) {
+  const svgEl = (tag, attrs) => {
+    const el = document.createElementNS("http://www.w3.org/2000/svg", tag);
+    for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+    return el;
+  };
+  const comps = (a.comparables || []).filter((c) => c.price > 0);
+  const all = [a.value_low, a.value_high, a.value, a.pledge_unit_price, ...comps.map((c) => c.price)].filter((v) => v > 0);
+  const lo = Math.log(Math.min(...all) / 1.2), hi = Math.log(Math.max(...all) * 1.2);
+  const x = (v) => (20 + 560 * (Math.log(v) - lo) / (hi - lo || 1)).toFixed(1);
+  const label = (v, y, anchor, words) => {
+    const t = svgText(x(v), y, words ? `${words} ${money.format(v)}` : money.format(v));
+    t.setAttribute("text-anchor", anchor);
+    return t;
+  };
+  svg.replaceChildren(
+    svgEl("rect", { x: x(a.value_low), y: 30, width: Math.max(1, x(a.value_high) - x(a.value_low)), height: 18, class: "band" }),
+    svgEl("line", { x1: x(a.value), x2: x(a.value), y1: 24, y2: 54, class: "value" }),
+    label(a.value, 18, "middle", "value"),
+    label(a.value_low, 64, "end"), label(a.value_high, 64, "start"),
+    ...(a.pledge_unit_price > 0 ? [svgEl("line", { x1: x(a.pledge_unit_price), x2: x(a.pledge_unit_price), y1: 26, y2: 52,
+      class: "pledge" }), label(a.pledge_unit_price, 92, "middle", "pledge")] : []),
+    ...comps.map((c) => {
+      const dot = svgEl("circle", { cx: x(c.price), cy: 78, r: 4, class: "comparable-price" });
+      dot.append(svgEl("title", {}));
+      dot.firstChild.textContent = `${c.title || c.spu_id}: ${money.format(c.price)}`;
+      return dot;
+    }));
 }
 
 // <img src> cannot carry the key header: fetch the thumbnail and show it from a blob URL.
