@@ -201,12 +201,16 @@ class PledgeService:
             return json.loads(json.dumps(status, default=str))
         from monitoring.report import at_risk
 
-        worst = (at_risk(self.monitor.results(sweep_id)).head(WORST_SHOWN)
+        book = at_risk(self.monitor.results(sweep_id))
+        exposure = (book.group_by("grade").agg(pl.len().alias("positions"), pl.col("loan_amount").sum(),
+                                               pl.col("amount_at_risk").sum()).sort("grade"))
+        worst = (book.head(WORST_SHOWN)
                  .join(self.model.side.select("spu_id", "title"), on="spu_id", how="left", maintain_order="left")
                  .select("position_id", "spu_id", "title", "loan_amount", "collateral_value", "amount_at_risk",
                          "unit_value", "ltv", "health", "grade", "action", "reasons", "p_loss"))
         return {**json.loads(json.dumps(status, default=str)), "currency": currency_of(self.model.policy),
-                "worst": _with_reason_text(_json_rows(worst)), "report_url": f"/sweeps/{sweep_id}/report"}
+                "exposure_by_grade": _json_rows(exposure), "worst": _with_reason_text(_json_rows(worst)),
+                "report_url": f"/sweeps/{sweep_id}/report"}
 
     def _resolve_sweep(self, sweep_id: str) -> str:
         if sweep_id != "latest":

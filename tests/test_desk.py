@@ -207,6 +207,9 @@ def test_book_view_lists_worst_positions_and_their_health(server, browser, scree
     for amount in _amounts(page.text_content("#b-totals") + " " + page.text_content("#b-worst")):
         assert _with_currency(amount), amount
     assert "liquidate" in page.text_content("#b-actions") or "top-up" in page.text_content("#b-actions")
+    exposure = client.get("/sweeps/latest").json()["exposure_by_grade"]
+    assert page.locator("#b-exposure rect.loans").count() == len(exposure) >= 1  # one bar per grade
+    assert sum(g["positions"] for g in exposure) == client.get("/sweeps/latest").json()["summary"]["positions"]
     page.select_option("#f-action", rows.first.locator("td:nth-child(7)").text_content())
     shown = page.locator("#b-worst tbody tr td:nth-child(7)").all_text_contents()
     assert shown and len(set(shown)) == 1

@@ -255,6 +255,7 @@ async function loadBook() {
     $("b-report").onclick = (event) => { event.preventDefault(); openReport(sweep.report_url); };
     $("b-report").href = sweep.report_url;
     $("b-backtest").onclick = (event) => { event.preventDefault(); openReport("/reports/backtest"); };
+    exposureChart($("b-exposure"), sweep.exposure_by_grade || []);
     book = [...sweep.worst].sort((x, y) => y.amount_at_risk - x.amount_at_risk);
     fillFilter($("f-action"), book.map((w) => w.action));
     fillFilter($("f-grade"), book.map((w) => w.grade));
@@ -264,6 +265,25 @@ async function loadBook() {
     show($("book"), false);
     fail($("book-error"), err);
   }
+}
+
+// One bar per grade: its loans, and inside it the part at risk.
+function exposureChart(svg, grades) {
+  const most = Math.max(...grades.map((g) => g.loan_amount || 0), 1);
+  const bar = (y, width, cls) => {
+    const r = document.createElementNS("http://www.w3.org/2000/svg", "rect");
+    r.setAttribute("x", 40); r.setAttribute("y", y); r.setAttribute("height", 16);
+    r.setAttribute("width", Math.max(width, 0.5).toFixed(1)); r.setAttribute("class", cls);
+    return r;
+  };
+  svg.setAttribute("viewBox", `0 0 600 ${Math.max(30, 24 * grades.length + 6)}`);
+  svg.replaceChildren(...grades.flatMap((g, k) => {
+    const y = 4 + 24 * k, width = 330 * (g.loan_amount || 0) / most;
+    const risk = g.amount_at_risk > 0 ? [bar(y, 330 * g.amount_at_risk / most, "at-risk")] : [];
+    return [svgText(12, y + 13, g.grade), bar(y, width, "loans"), ...risk,
+      svgText(48 + width, y + 13, `${money.format(g.loan_amount || 0)} in ${count.format(g.positions)} · ` +
+        `${money.format(g.amount_at_risk)} at risk`)];
+  }));
 }
 
 let book = [];
