@@ -33,8 +33,10 @@ def screenshots():
     return folder
 
 
-def _open_desk(browser, client, width: int, height: int):
-    """The desk page in a new tab of this size, with the service's key entered."""
+def _open_desk(browser, client, width: int, height: int, swept: bool = False):
+    """The desk page in a new tab of this size, with the service's key entered (after a sweep, if asked)."""
+    if swept:
+        _swept(client)
     page = browser.new_page(viewport={"width": width, "height": height})
     page.goto(f"{client.base_url}/desk/")
     page.fill("#api-key", client.headers["X-API-Key"])
@@ -160,9 +162,7 @@ def test_a_pending_price_says_so_and_reasons_read_as_sentences(server, browser):
 
 
 def test_both_views_fit_a_phone_and_the_photo_picker_opens_from_the_keyboard(server, browser, screenshots):
-    client, _ = server
-    _swept(client)
-    page = _open_desk(browser, client, 390, 844)
+    page = _open_desk(browser, server[0], 390, 844, swept=True)
     # The drop zone takes focus, and Enter or Space opens the picker. Headless Chromium does not always raise
     # the picker's own event (a known Playwright flake), so the page's click on the file input is counted.
     page.evaluate("() => { window.picks = 0; document.getElementById('photo').click = () => { window.picks += 1; }; }")
@@ -193,9 +193,8 @@ def test_without_the_key_the_page_says_so(server, browser):
 
 
 def test_book_view_lists_worst_positions_and_their_health(server, browser, screenshots):
-    client, _ = server
-    _swept(client)
-    page = _open_desk(browser, client, 1100, 1200)
+    client = server[0]
+    page = _open_desk(browser, client, 1100, 1200, swept=True)
     page.click("#nav-book")
     page.wait_for_selector("#book", state="visible", timeout=30_000)
     assert "positions" in page.text_content("#b-totals")
