@@ -1,8 +1,15 @@
-"""Helpers shared by the benchmarks: where the shared data is, and a plain table printer."""
+"""Helpers shared by the benchmarks: where the shared data is, a plain table printer, a free port, and a
+`bentoml serve` of the project run as a subprocess."""
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,3 +40,54 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class BentoServer:
+    """``bentoml serve TARGET`` from the project root on ``port``, in its own process group (so that its
+    workers stop with it), its output in ``log_path``."""
+
+    def __init__(self, target: str, port: int, env: dict, log_path: Path) -> None:
+        self.port, self.log_path = port, Path(log_path)
+        self.base = f"http://127.0.0.1:{port}"
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", target, "--port", str(port)],
+                                     cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def wait_ready(self, timeout: float) -> float:
+        """Seconds until GET /readyz answered 200; RuntimeError with the log's tail if it never does."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"bentoml serve exited with {self.proc.returncode}\n{self.tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.base}/readyz", timeout=2) as response:
+                    if response.status == 200:
+                        return time.monotonic() - started
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(1)
+        raise RuntimeError(f"GET /readyz not 200 after {timeout:.0f}s\n{self.tail()}")
+
+    def tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+            except ProcessLookupError:
+                pass
+        # workers that outlived the serve process (same group)
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self._log.close()

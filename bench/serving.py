@@ -25,7 +25,6 @@ import http.client
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import tempfile
@@ -37,7 +36,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench._common import free_port, print_table  # noqa: E402
+from bench._common import BentoServer, free_port, print_table  # noqa: E402
 
 KEY = "bench-key"
 
@@ -45,38 +44,6 @@ KEY = "bench-key"
 def quantity() -> int:
     return int(np.exp(random.uniform(0, np.log(5000))))
 HEADERS = {"X-API-Key": KEY, "Content-Type": "application/json"}
-
-
-class Server:
-    """``bentoml serve TARGET`` on a free port, in its own process group."""
-
-    def __init__(self, target: str, env: dict, log: Path):
-        self.port = free_port()
-        self.log = log
-        self.proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", target, "--port", str(self.port)],
-                                     cwd=ROOT, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-
-    def wait_ready(self, timeout: float = 300) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"server exited ({self.proc.returncode}); log:\n{self.log.read_text()[-3000:]}")
-            try:
-                if call(self.port, "GET", "/readyz")[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.5)
-        raise SystemExit(f"server not ready in {timeout:.0f}s; log:\n{self.log.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
 
 
 def call(port: int, method: str, path: str, body: dict | None = None, timeout: float = 120) -> tuple[int, bytes]:
@@ -208,16 +175,18 @@ def main() -> None:
                    cwd=ROOT, env=env, check=True, capture_output=True)
     position_ids = pl.read_parquet(demo / "positions.parquet", columns=["position_id"])["position_id"].to_list()
 
-    ours = Server("serving.service:PledgeService", env, work / "ours.log")
-    ours.wait_ready()
-    status, body = call(ours.port, "POST", "/price", {"items": [{"spu_id": spu_ids[0], "quantity": 10}]})
-    assert status == 200, body
-    (work / "answer.json").write_bytes(json.dumps(json.loads(body)[0]).encode())
-    # its own BENTOML_HOME: a server starting empties the Prometheus folder under it, ours' /metrics included
-    floor = Server("bench.floor_service:FloorService", {**env, "PLEDGEVAL_FLOOR_ANSWER": str(work / "answer.json"),
-                                                        "BENTOML_HOME": str(work / "floor-home")}, work / "floor.log")
+    ours = BentoServer("serving.service:PledgeService", free_port(), env, work / "ours.log")
+    floor = None
     try:
-        floor.wait_ready()
+        ours.wait_ready(300)
+        status, body = call(ours.port, "POST", "/price", {"items": [{"spu_id": spu_ids[0], "quantity": 10}]})
+        assert status == 200, body
+        (work / "answer.json").write_bytes(json.dumps(json.loads(body)[0]).encode())
+        # its own BENTOML_HOME: a server starting empties the Prometheus folder under it, ours' /metrics included
+        floor = BentoServer("bench.floor_service:FloorService", free_port(),
+                            {**env, "PLEDGEVAL_FLOOR_ANSWER": str(work / "answer.json"),
+                             "BENTOML_HOME": str(work / "floor-home")}, work / "floor.log")
+        floor.wait_ready(300)
         status, body = call(ours.port, "POST", "/sweep", {})
         sweep = json.loads(body)["sweep_id"]
         while json.loads(call(ours.port, "GET", f"/sweeps/{sweep}")[1]).get("status") not in ("completed", "failed"):
@@ -253,7 +222,8 @@ def main() -> None:
         figures["mixed"] = open_loop(ours.port, mixed, args.seconds, args.rate, seed=1)
     finally:
         ours.stop()
-        floor.stop()
+        if floor is not None:
+            floor.stop()
 
     rows = [[name, f"{f['p50']:.1f}", f"{f['p99']:.1f}", f"{f['rps']:.0f}", str(f["n"]), str(f["errors"])]
             for name, f in (("floor, closed loop", figures["floor_closed"]), ("/price known, closed loop", figures["closed"]),

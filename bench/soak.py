@@ -77,7 +77,7 @@ import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench._common import free_port, print_table  # noqa: E402
+from bench._common import BentoServer, free_port, print_table  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
 WORKER_MARK = "_bentoml_impl.worker"
@@ -140,31 +140,11 @@ def http(method: str, url: str, key: str | None = None, body: dict | None = None
         return status, raw.decode(errors="replace")
 
 
-class Server:
+class Server(BentoServer):
+    """The service under soak, and its process tree for the memory samples."""
+
     def __init__(self, port: int, env: dict, log_path: Path) -> None:
-        self.port, self.log_path = port, log_path
-        self.base = f"http://127.0.0.1:{port}"
-        self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen([tool("bentoml"), "serve", "serving.service:PledgeService", "--port", str(port)],
-                                     cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-
-    def wait_ready(self, timeout: float) -> float:
-        started = time.monotonic()
-        while time.monotonic() - started < timeout:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"bentoml serve exited with {self.proc.returncode}\n{self.tail()}")
-            status, _ = http("GET", f"{self.base}/readyz", timeout=2)
-            if status == 200:
-                return time.monotonic() - started
-            time.sleep(1)
-        raise RuntimeError(f"GET /readyz not 200 after {timeout:.0f}s\n{self.tail()}")
-
-    def tail(self, n: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
+        super().__init__("serving.service:PledgeService", port, env, log_path)
 
     def processes(self) -> list[psutil.Process]:
         try:
@@ -172,23 +152,6 @@ class Server:
             return [root, *root.children(recursive=True)]
         except psutil.NoSuchProcess:
             return []
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-            except ProcessLookupError:
-                pass
-        # workers that outlived the serve process (same group)
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        self._log.close()
 
 
 # -- memory -------------------------------------------------------------------------------------------

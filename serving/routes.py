@@ -57,14 +57,11 @@ sweeps_app = Starlette(routes=[Route("/{sweep_id}", _sweep_status), Route("/{swe
 reports_app = Starlette(routes=[Route("/backtest", _backtest_report)])
 catalog_app = Starlette(routes=[Route("/{spu_id}/image", _catalog_image)], exception_handlers={BentoMLException: _http_errors})
 def _desk_settings(request: Request) -> JSONResponse:
-    """What the page needs before any data: the book's currency and the sentence of every reason code.
-    Holds no data, so it is open like the page itself."""
-    from monitoring.reasons import FEATURE_TEXT, REASON_TEXT
+    """What the page needs before any data: the catalogue's currency. Holds no data, so it is open like
+    the page itself."""
     from valuation.policy import currency_of
 
-    service = SERVICE_STATE["service"]
-    return JSONResponse({"currency": currency_of(service.model.policy), "reasons": REASON_TEXT,
-                         "warning_features": FEATURE_TEXT})
+    return JSONResponse({"currency": currency_of(SERVICE_STATE["service"].model.policy)})
 
 
 # The desk page: static HTML/CSS/JS that calls the routes above with the key the officer enters.

@@ -132,23 +132,9 @@ class PledgeModel:
     def price(self, requests: pl.DataFrame | list[dict]) -> pl.DataFrame:
         """Price SPUs. Columns: spu_id (required), title, images (paths or bytes), reviews (texts),
         quantity (default 1). A row that cannot be priced gets ``error`` and no value; the others are priced."""
-        rows, errors, cols = self._price_columns(requests)
-        priced = [i for i, e in enumerate(errors) if e is None]
-        full = {}
-        for name, dtype in ANSWER_SCHEMA.items():
-            column = [None] * len(rows)
-            values = cols.get(name, [])
-            if dtype == pl.Float64:
-                values = [None if v != v else float(v) for v in values]  # NaN: not known, null in the answer
-            else:
-                values = [_plain(v) for v in values]
-            for i, v in zip(priced, values):
-                column[i] = v
-            full[name] = column
-        return pl.DataFrame({"spu_id": [r["spu_id"] for r in rows], **full, "error": errors},
-                            schema={"spu_id": pl.String, **ANSWER_SCHEMA, "error": pl.String})
+        return pl.DataFrame(self.price_rows(requests), schema={"spu_id": pl.String, **ANSWER_SCHEMA, "error": pl.String})
 
-    def price_rows(self, requests: list[dict]) -> list[dict]:
+    def price_rows(self, requests: pl.DataFrame | list[dict]) -> list[dict]:
         """``price`` as one dict per request, in order, without building a frame (the service's path)."""
         rows, errors, cols = self._price_columns(requests)
         answers, k = [], 0
@@ -193,7 +179,8 @@ class PledgeModel:
                 found = self.match_index(space).search(getattr(new_vectors, space)[at], 10)
                 for k, hits in zip(at, found):
                     i = new_rows[k]
-                    hits = hits.join(self.side.select("spu_id", "title"), on="spu_id", how="left", maintain_order="left")
+                    hits = hits.with_columns(pl.Series("title", [self._titles.get(h) for h in hits["spu_id"]],
+                                                       dtype=pl.String))
                     matched[i] = (*best_candidate(rows[i].get("title"), hits), space)
         return rows, errors, self._answer(rows, errors, new_vectors, matched)
 
@@ -316,22 +303,29 @@ class PledgeModel:
                     if self.recovery is not None else LearnedHaircut.absent(len(request_rows)))
         cols.update(self._admission.columns(cols))
         cols["pledge_value"] = cols["pledge_unit_price"] * cols["quantity"]
-        titles = dict(zip(self.side["spu_id"].to_list(), self.side["title"].to_list())) if new_vectors else {}
-        spaces = [matched[r][2] if r in matched else None for r in request_rows]
         cols["value_basis"] = [
-            value_basis(head=head, comparables=comparables, matched_spu_id=spu,
-                        match_score=None if score != score else score, match=matched.get(r), space=space,
-                        threshold=self.match_threshold(space) if space else None,
-                        matched_title=titles.get(spu) if spu else None, currency=currency_of(self.policy))
-            for r, space, head, comparables, spu, score in zip(request_rows, spaces, cols["head"], cols["comparables"],
-                                                               cols["matched_spu_id"], cols["match_score"])]
+            value_basis(head=head, comparables=comparables, match=matched.get(r),
+                        matched=r in matched and spu is not None,
+                        threshold=self.match_threshold(matched[r][2]) if r in matched else None,
+                        matched_title=self._titles.get(spu), currency=currency_of(self.policy))
+            for r, head, comparables, spu in zip(request_rows, cols["head"], cols["comparables"], cols["matched_spu_id"])]
         return cols
 
     def _catalog_columns(self) -> dict[str, np.ndarray]:
-        """``catalog_values()`` as numpy columns, for the request path's row lookups."""
+        """Every known SPU valued once (value, interval, comparables, history signals), as numpy columns in
+        the catalogue's order, and kept: a request for a known SPU then only applies its quantity-dependent
+        haircut and admission."""
         if getattr(self, "_catalog_cols", None) is None:
-            self._catalog_cols = _columns(self.catalog_values())
+            titles = [self._titles.get(s) or "" for s in self.catalog.spu_ids]
+            self._catalog_cols = _columns(self._value(self.catalog, titles, known=True))
         return self._catalog_cols
+
+    @property
+    def _titles(self) -> dict[str, str | None]:
+        """spu_id -> title of every known SPU."""
+        if getattr(self, "_title_of", None) is None:
+            self._title_of = dict(zip(self.side["spu_id"].to_list(), self.side["title"].to_list()))
+        return self._title_of
 
     @property
     def _haircut(self) -> HaircutPolicy:
@@ -347,19 +341,10 @@ class PledgeModel:
 
     @property
     def _catalog_row(self) -> dict[str, int]:
-        """A known SPU's row in ``catalog_values()`` (which follows the catalogue's order)."""
+        """A known SPU's row in ``_catalog_columns()`` (which follows the catalogue's order)."""
         if getattr(self, "_rows", None) is None:
             self._rows = {s: i for i, s in enumerate(self.catalog.spu_ids)}
         return self._rows
-
-    def catalog_values(self) -> pl.DataFrame:
-        """Every known SPU valued once (value, interval, comparables, history signals) and kept: a request
-        for a known SPU then only applies its quantity-dependent haircut and admission."""
-        if getattr(self, "_catalog_values", None) is None:
-            self._catalog_values = self._value(self.catalog, self.side.select("spu_id", "title").join(
-                pl.DataFrame({"spu_id": self.catalog.spu_ids}), on="spu_id", how="right")["title"].fill_null("")
-                .to_list(), known=True)
-        return self._catalog_values
 
     def _value(self, vectors: SpuVectors, titles: list[str], known: bool) -> pl.DataFrame:
         values, comparables = self.values.predict(self.index, vectors, titles, exclude_self=True)
@@ -481,11 +466,11 @@ def match_space(has_title: bool, has_image: bool) -> str:
     return "content" if has_title and has_image else ("title" if has_title else "image")
 
 
-def value_basis(*, head: str, comparables: list[dict] | None, matched_spu_id: str | None, match_score: float | None,
-                match: tuple | None, space: str | None, threshold: float | None, matched_title: str | None,
-                currency: str) -> str:
+def value_basis(*, head: str, comparables: list[dict] | None, match: tuple | None, matched: bool,
+                threshold: float | None, matched_title: str | None, currency: str) -> str:
     """What drove the value, in a sentence a credit officer reads: the SPU it was taken to be (or why
-    none), the head that valued it, and the prices of the comparables shown beside it."""
+    none), the head that valued it, and the prices of the comparables shown beside it. ``match``: a new
+    id's best candidate (spu_id, score, space), None for a known id; ``matched``: whether it was taken."""
     source = ("its own recent sales prices, its listing and comparables' prices" if head == "warm"
               else "its listing (title, photos, reviews) and comparables' prices")
     prices = [c["price"] for c in comparables or [] if c.get("price") is not None]
@@ -494,10 +479,10 @@ def value_basis(*, head: str, comparables: list[dict] | None, matched_spu_id: st
              f" The closest priced comparable sells at {currency} {prices[0]:,.2f}." if prices else "")
     if match is None:
         return f"Known SPU, valued by the model from {source}.{shown}"
-    words = SPACE_WORDS[space]
-    if matched_spu_id is not None:
-        return (f"Taken to be known SPU {matched_spu_id} (\u201c{matched_title}\u201d): {words} similarity "
-                f"{match_score:.2f}, at or above the match threshold {threshold:.2f}. That SPU's value applies, "
+    words = SPACE_WORDS[match[2]]
+    if matched:
+        return (f"Taken to be known SPU {match[0]} (\u201c{matched_title}\u201d): {words} similarity "
+                f"{match[1]:.2f}, at or above the match threshold {threshold:.2f}. That SPU's value applies, "
                 f"from {source}.{shown}")
     if match[0] is None:
         closest = "the catalogue is empty"

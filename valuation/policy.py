@@ -105,7 +105,7 @@ REASON_TEXT = {
 }
 
 
-def reason_text(codes: list[str]) -> list[str]:
+def reason_texts(codes: list[str]) -> list[str]:
     """The sentences of admission reason codes (an unknown code is shown as itself)."""
     return [REASON_TEXT.get(code, code) for code in codes]
 
@@ -165,4 +165,4 @@ class AdmissionPolicy:
         reasons = [[names[k] for k in np.flatnonzero(row)] for row in masks]
         rejected = masks[:, [names.index(r) for r in self.REJECT]].any(axis=1)
         decision = np.where(rejected, "reject", np.where(masks.any(axis=1), "review", "accept"))
-        return {"reasons": reasons, "reason_text": [reason_text(r) for r in reasons], "decision": decision.tolist()}
+        return {"reasons": reasons, "reason_text": [reason_texts(r) for r in reasons], "decision": decision.tolist()}

@@ -5,7 +5,7 @@
 const $ = (id) => document.getElementById(id);
 const KEY = "pledgeval.apiKey";
 const MAX_PHOTO_BYTES = 8 * 1024 * 1024;  // the service's per-image limit
-// Every amount carries the book's currency (monitor.toml, from /desk/settings.json) once it is known.
+// Every amount carries the catalogue's currency (policy.toml's [catalogue], from /desk/settings.json) once known.
 let money = new Intl.NumberFormat(undefined, { maximumFractionDigits: 2, minimumFractionDigits: 2 });
 const count = new Intl.NumberFormat();
 const pct = (x) => `${(100 * x).toFixed(1)}%`;
