@@ -78,7 +78,7 @@ class Store:
             table = self.table(name)
             rows = _to_rows(name, frame)
             key = [c.name for c in table.primary_key.columns]
-            statement = self._insert(table)
+            statement = self.insert(table)
             update = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in key}
             statement = (statement.on_conflict_do_update(index_elements=key, set_=update) if update
                          else statement.on_conflict_do_nothing(index_elements=key))
@@ -87,7 +87,8 @@ class Store:
             written[name] = len(rows)
         return written
 
-    def _insert(self, table: sa.Table):
+    def insert(self, table: sa.Table):
+        """An INSERT with the dialect's ON CONFLICT clauses (upserts)."""
         if self.engine.dialect.name == "sqlite":
             from sqlalchemy.dialects.sqlite import insert
         elif self.engine.dialect.name == "postgresql":

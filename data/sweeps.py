@@ -69,33 +69,21 @@ class SweepStore:
     def position_history(self, position_id: str) -> tuple[pl.DataFrame, pl.DataFrame]:
         """(results over time with their as_of, alerts) of one position, oldest first."""
         results, sweeps = self._table("sweep_results"), self._table("sweeps")
-        query = (sa.select(sweeps.c.as_of, results).join(sweeps, sweeps.c.sweep_id == results.c.sweep_id)
+        query = (sa.select(sweeps.c.as_of, sweeps.c.completed_at, results).join(sweeps, sweeps.c.sweep_id == results.c.sweep_id)
                  .where(results.c.position_id == position_id).order_by(sweeps.c.as_of))
         with self.store.engine.connect() as connection:
             rows = [dict(r) for r in connection.execute(query).mappings()]
         alerts = self.store.read("alerts", self._table("alerts").c.position_id == position_id)
         return pl.DataFrame(rows, infer_schema_length=None), alerts.sort("as_of") if alerts.height else alerts
 
-    def previous_actions(self, before: date) -> pl.DataFrame | None:
-        """position_id, action of the latest sweep before ``before`` (None when there is none)."""
-        sweeps, results = self._table("sweeps"), self._table("sweep_results")
-        with self.store.engine.connect() as connection:
-            last = connection.execute(sa.select(sweeps.c.sweep_id).where(sweeps.c.as_of < before)
-                                      .order_by(sweeps.c.as_of.desc()).limit(1)).scalar()
-            if last is None:
-                return None
-            rows = connection.execute(sa.select(results.c.position_id, results.c.action)
-                                      .where(results.c.sweep_id == last)).all()
-        return pl.DataFrame(rows, schema={"position_id": pl.String, "action": pl.String}, orient="row")
-
-    def write_sweep(self, results: pl.DataFrame, alerts: pl.DataFrame, sweep: pl.DataFrame) -> None:
-        """One transaction, the sweep row last: a sweep row always means complete results. Its run, if any,
-        is done with."""
+    def write_sweep(self, results: pl.DataFrame, alerts: pl.DataFrame, sweep: pl.DataFrame,
+                    connection: sa.Connection) -> None:
+        """In the caller's transaction, the sweep row last: a sweep row always means complete results. Its
+        run, if any, is done with."""
         sweep_id = sweep["sweep_id"][0]
         runs = self._table("sweep_runs")
-        with self.store.engine.begin() as connection:
-            self.store.upsert_many({"sweep_results": results, "alerts": alerts, "sweeps": sweep}, connection)
-            connection.execute(sa.delete(runs).where(runs.c.sweep_id == sweep_id))
+        self.store.upsert_many({"sweep_results": results, "alerts": alerts, "sweeps": sweep}, connection)
+        connection.execute(sa.delete(runs).where(runs.c.sweep_id == sweep_id))
 
     # -- the scheduler lock -------------------------------------------------------------------
     def acquire_lock(self, name: str, holder: str, expires_at: datetime, is_dead: Callable[[dict], bool]) -> str | None:

@@ -218,18 +218,34 @@ def score_book(positions: pl.DataFrame | pl.LazyFrame, market: pl.DataFrame | pl
     reasons = pl.concat_list([pl.when(pl.col(f"_p_{k}") > 0).then(pl.lit(k)).otherwise(pl.lit(None, dtype=pl.String))
                               for k in penalties]).list.drop_nulls()
     frame = frame.with_columns(grade.alias("grade"), action.alias("action"), reasons.alias("reasons"))
+    frame = _with_alerts(frame, previous)
+    if warning is not None:
+        frame = _with_warning_reasons(frame, warning)
+    return frame.select(RESULT_COLUMNS)
+
+
+def _with_alerts(frame: pl.DataFrame, previous: pl.DataFrame | None) -> pl.DataFrame:
+    """previous_action and alert: an alert only when the action worsens (a first non-ok action counts), so
+    no repeated alarms."""
+    frame = frame.drop("previous_action", "alert", strict=False)
     if previous is not None:
         frame = frame.join(previous.select("position_id", pl.col("action").alias("previous_action")),
                            on="position_id", how="left", maintain_order="left")
     else:
         frame = frame.with_columns(pl.lit(None, dtype=pl.String).alias("previous_action"))
-    # An alert only when the action worsens (a first non-ok action counts): no repeated alarms.
-    frame = frame.with_columns(
+    return frame.with_columns(
         (pl.col("action").replace_strict(ACTION_RANK, return_dtype=pl.Int8)
          > pl.col("previous_action").fill_null("ok").replace_strict(ACTION_RANK, return_dtype=pl.Int8)).alias("alert"))
-    if warning is not None:
-        frame = _with_warning_reasons(frame, warning)
-    return frame.select(RESULT_COLUMNS)
+
+
+def realert(results: pl.DataFrame, previous: pl.DataFrame | None) -> pl.DataFrame:
+    """score_book's results, scored without ``previous``, with their alerts decided against it: what a
+    writer does once it holds the alert gate. The features behind an early warning are kept only where an
+    alert is raised, as score_book keeps them."""
+    results = _with_alerts(results, previous)
+    drivers = pl.col("reasons").list.eval(pl.element().filter(~pl.element().str.starts_with("early_warning:")))
+    return results.with_columns(pl.when(pl.col("alert")).then(pl.col("reasons")).otherwise(drivers).alias("reasons")
+                                ).select(RESULT_COLUMNS)
 
 
 def _with_warning_reasons(frame: pl.DataFrame, warning) -> pl.DataFrame:

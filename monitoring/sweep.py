@@ -1,8 +1,10 @@
 """Sweeps: score the book as of a date and store the results and alerts, safely.
 
 - one sweep per as-of date (``sweep-<date>``); running it again changes nothing;
-- results, alerts and the sweep row are written in one transaction: a sweep killed half way leaves
-  nothing, and the next run completes it;
+- results, alerts (also into the alert outbox), each position's state and the sweep row are written in
+  one transaction: a sweep killed half way leaves nothing, and the next run completes it;
+- alerts are de-duplicated against each position's latest record, a sweep's or a market update's
+  (``monitoring.market_updates``), read and written inside the alert writers' gate;
 - a lock row in the store keeps two schedulers (service, cron, Airflow) from running sweeps at once; a
   lock whose holder died on this host, or whose time ran out, is taken over.
 """
@@ -20,6 +22,7 @@ from typing import Callable
 import polars as pl
 
 from data import Store
+from data.health_log import HealthLog
 from data.sweeps import SweepStore
 from monitoring.health import load_config, score_book
 
@@ -55,6 +58,7 @@ class Monitor:
         self.value_fn = value_fn
         self.warning = warning
         self.sweeps = SweepStore(store)
+        self.log = HealthLog(store)
         self.holder = f"{socket.gethostname()}:{os.getpid()}"
 
     # -- reading ------------------------------------------------------------------------------
@@ -144,41 +148,48 @@ class Monitor:
                 return SweepOutcome(sweep_id, as_of, False, existing["n_positions"], existing["n_alerts"],
                                     existing["summary"])
             started = datetime.now()
-            positions = positions if positions is not None else self.store.read("positions")
-            if market is None:
-                market = self.sweeps.market(until=as_of)
-            results = self.score(positions, market, as_of)
-            summary = summarise(results)
-            self._write(sweep_id, as_of, started, results, summary)
+            # read and scored inside the alert writers' gate: neither the market nor what an alert is
+            # de-duplicated against (each position's last sweep or market event) can change meanwhile; market
+            # updates wait for the sweep (seconds), and their re-scores then start from it
+            with self.log.gate() as connection:
+                positions = positions if positions is not None else self.store.read("positions")
+                if market is None:
+                    market = self.sweeps.market(until=as_of)
+                previous = self.log.latest_actions(connection, as_of, same_day=False)
+                results = self.score(positions, market, as_of, previous)
+                summary = summarise(results)
+                self._write(connection, sweep_id, as_of, started, results, summary)
             return SweepOutcome(sweep_id, as_of, True, results.height, int(results["alert"].sum()), summary)
         finally:
             self._release()
 
-    def score(self, positions: pl.DataFrame, market: pl.DataFrame, as_of: date) -> pl.DataFrame:
+    def score(self, positions: pl.DataFrame, market: pl.DataFrame, as_of: date,
+              previous: pl.DataFrame | None) -> pl.DataFrame:
+        """The one scoring path of sweeps and market events: score_book with the model's values for the
+        SPUs whose market price is stale. ``previous``: position_id, action (what alerts compare with)."""
         model_values = None
         if self.value_fn is not None:
             stale = stale_spus(positions, market, as_of, self.config)
             if stale:
                 model_values = self.value_fn(stale)
-        return score_book(positions, market, as_of, self.config, model_values, self.sweeps.previous_actions(as_of),
-                          self.warning)
+        return score_book(positions, market, as_of, self.config, model_values, previous, self.warning)
 
-    def _write(self, sweep_id: str, as_of: date, started: datetime, results: pl.DataFrame, summary: dict) -> None:
-        # reason codes are plain identifiers, so a JSON list is a join away (no per-row Python)
-        as_json = (pl.when(pl.col("reasons").list.len() > 0)
-                   .then(pl.lit('["') + pl.col("reasons").list.join('","') + pl.lit('"]')).otherwise(pl.lit("[]")))
+    def _write(self, connection, sweep_id: str, as_of: date, started: datetime, results: pl.DataFrame,
+               summary: dict) -> None:
         stored = results.select(pl.lit(sweep_id).alias("sweep_id"), "position_id", "spu_id", "unit_value",
                                 "value_source", "value_low", "value_high", "collateral_value", "ltv", "price_change",
                                 "velocity_trend", "volatility", "days_to_liquidate", "health", "grade", "action",
-                                as_json.alias("reasons"), "p_loss")
+                                reasons_json().alias("reasons"), "p_loss")
         alerts = results.filter(pl.col("alert")).select(
             pl.lit(sweep_id).alias("sweep_id"), "position_id", pl.lit(as_of).alias("as_of"), "action",
-            "previous_action", as_json.alias("reasons"))
+            "previous_action", reasons_json().alias("reasons"))
         sweep = pl.DataFrame({"sweep_id": [sweep_id], "as_of": [as_of], "status": ["completed"],
                               "started_at": [started], "completed_at": [datetime.now()],
                               "n_positions": [results.height], "n_alerts": [alerts.height],
                               "summary": [json.dumps(summary, default=str)]})
-        self.sweeps.write_sweep(stored, alerts, sweep)
+        self.sweeps.write_sweep(stored, alerts, sweep, connection)
+        self.log.set_state(connection, results.select("position_id", pl.lit(as_of).alias("as_of"), "grade", "action"))
+        self.log.add_alerts(connection, outbox_rows(results.filter(pl.col("alert")), "sweep", sweep_id, as_of))
 
     # -- the lock -----------------------------------------------------------------------------
     def _acquire(self) -> None:
@@ -217,6 +228,24 @@ def stale_spus(positions: pl.DataFrame, market: pl.DataFrame, as_of: date, confi
     book = positions.select("spu_id").unique().join(last, on="spu_id", how="left", maintain_order="left")
     return book.filter(pl.col("date").is_null() | ((pl.lit(as_of) - pl.col("date")).dt.total_days() > days))[
         "spu_id"].sort().to_list()
+
+
+def reasons_json() -> pl.Expr:
+    """The reason codes as a JSON list: they are plain identifiers, so a join is enough (no per-row Python)."""
+    return (pl.when(pl.col("reasons").list.len() > 0)
+            .then(pl.lit('["') + pl.col("reasons").list.join('","') + pl.lit('"]')).otherwise(pl.lit("[]")))
+
+
+def outbox_rows(alerts: pl.DataFrame, trigger: str, source_id: str, as_of: date,
+                observation: pl.Expr | None = None) -> pl.DataFrame:
+    """Scored rows that raise an alert, as alert_outbox rows; the key (source, position) is what a webhook
+    receiver de-duplicates redeliveries by."""
+    return alerts.select(
+        (pl.lit(f"{source_id}:") + pl.col("position_id")).alias("alert_key"), "position_id", "spu_id",
+        pl.lit(trigger).alias("trigger"), pl.lit(source_id).alias("source_id"), pl.lit(as_of).alias("as_of"),
+        "action", "previous_action", reasons_json().alias("reasons"),
+        (observation if observation is not None else pl.lit(None, dtype=pl.String)).alias("observation"),
+        pl.lit(datetime.now()).alias("created_at"))
 
 
 def summarise(results: pl.DataFrame) -> dict:

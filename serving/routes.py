@@ -1,5 +1,5 @@
-"""The service's GET routes with path parameters (position health, sweep status and report, the backtest
-report, catalogue thumbnails) and the desk page, as small Starlette apps the service mounts. Each hands
+"""The service's GET routes (position health and live changes, alerts since a cursor, sweep status and
+report, the backtest report, catalogue thumbnails) and the desk page, as small Starlette apps the service mounts. Each hands
 the work to the running ``PledgeService`` (``SERVICE_STATE["service"]``, set when a worker starts)."""
 
 from __future__ import annotations
@@ -31,6 +31,16 @@ def _sweep_report(request: Request) -> HTMLResponse:
     return HTMLResponse(SERVICE_STATE["service"].sweep_report(request.path_params["sweep_id"]))
 
 
+def _alerts(request: Request) -> JSONResponse:
+    query = request.query_params
+    return JSONResponse(SERVICE_STATE["service"].alerts_since(query.get("since"), query.get("limit")))
+
+
+def _changes(request: Request) -> JSONResponse:
+    query = request.query_params
+    return JSONResponse(SERVICE_STATE["service"].changes_since(query.get("since"), query.get("limit")))
+
+
 def _backtest_report(request: Request) -> Response:
     if not BACKTEST_REPORT.is_file():
         return JSONResponse({"error": f"no backtest report at {BACKTEST_REPORT}: run `pledgeval backtest` "
@@ -49,11 +59,27 @@ async def _http_errors(request: Request, exc: Exception) -> JSONResponse:
     raise exc
 
 
+class MountRootPaths:
+    """``GET /alerts?since=`` answered where it is asked: a mounted app's root is ``/alerts/`` to Starlette,
+    which would redirect ``/alerts`` there, and a redirect costs every polling client a round trip."""
+
+    ROOTS = ("/alerts",)
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"] in self.ROOTS:
+            scope = {**scope, "path": scope["path"] + "/", "raw_path": scope["path"].encode() + b"/"}
+        await self.app(scope, receive, send)
+
+
 SERVICE_STATE: dict = {}
-positions_app = Starlette(routes=[Route("/{position_id}/health", _position_health)],
+positions_app = Starlette(routes=[Route("/changes", _changes), Route("/{position_id}/health", _position_health)],
                           exception_handlers={BentoMLException: _http_errors})
 sweeps_app = Starlette(routes=[Route("/{sweep_id}", _sweep_status), Route("/{sweep_id}/report", _sweep_report)],
                        exception_handlers={BentoMLException: _http_errors})
+alerts_app = Starlette(routes=[Route("/", _alerts)], exception_handlers={BentoMLException: _http_errors})
 reports_app = Starlette(routes=[Route("/backtest", _backtest_report)])
 catalog_app = Starlette(routes=[Route("/{spu_id}/image", _catalog_image)], exception_handlers={BentoMLException: _http_errors})
 def _desk_settings(request: Request) -> JSONResponse:

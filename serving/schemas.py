@@ -45,6 +45,16 @@ class PriceItem(SpuQuery):
                 "quantity": self.quantity}
 
 
+class MarketObservation(BaseModel):
+    """One day of an SPU's market, as a desk's price feed sends it. Values are checked per item by the
+    monitor (monitoring.market_updates), so one bad observation does not refuse the batch."""
+    spu_id: str = Field(max_length=128, description="A known SPU")
+    date: str = Field(max_length=32, description="ISO date of the observation (not in the future)")
+    price: float = Field(description="Median unit price paid that day (finite, > 0)")
+    units: int = Field(description="Units sold that day (>= 0)")
+    source: str | None = Field(None, max_length=64, description="Where the observation comes from (kept with it)")
+
+
 def image_bytes(value: str) -> bytes:
     try:
         data = base64.b64decode(value.split(",", 1)[-1] if value.startswith("data:") else value, validate=True)

@@ -24,8 +24,8 @@ from serving.auth import ApiKeyMiddleware, api_key
 from serving.batching import PriceBatcher
 from serving.config import service_config
 from serving.errors import ErrorShapeMiddleware, quiet_client_errors
-from serving.routes import SERVICE_STATE, catalog_app, desk_app, positions_app, reports_app, sweeps_app
-from serving.schemas import MAX_BATCH, PriceItem, SpuQuery, status_of
+from serving.routes import SERVICE_STATE, MountRootPaths, alerts_app, catalog_app, desk_app, positions_app, reports_app, sweeps_app
+from serving.schemas import MAX_BATCH, MarketObservation, PriceItem, SpuQuery, status_of
 from valuation.policy import currency_of
 
 log = logging.getLogger("pledgeval")
@@ -55,6 +55,38 @@ def _load_model():
         return demo_model(DEMO_DIR, log=None)
 
 
+def _cursor(since: str | None) -> int:
+    if since is None or since == "" or _timestamp(since) is not None:
+        return 0
+    try:
+        value = int(since)
+    except ValueError:
+        raise BentoMLException(f"since: neither a cursor (an integer) nor an ISO timestamp: {since!r}",
+                               error_code=HTTPStatus.UNPROCESSABLE_ENTITY) from None
+    if value < 0:
+        raise BentoMLException("since: a cursor is >= 0", error_code=HTTPStatus.UNPROCESSABLE_ENTITY)
+    return value
+
+
+def _timestamp(since: str | None) -> datetime | None:
+    if not since or since.lstrip("-").isdigit():
+        return None
+    try:
+        return datetime.fromisoformat(since).replace(tzinfo=None)
+    except ValueError:
+        return None
+
+
+def _limit(limit: str | None) -> int:
+    try:
+        value = int(limit) if limit else 500
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 1000:
+        raise BentoMLException(f"limit: must be 1..1000, got {limit!r}", error_code=HTTPStatus.UNPROCESSABLE_ENTITY)
+    return value
+
+
 def _json_rows(frame: pl.DataFrame) -> list[dict]:
     return json.loads(frame.write_json())  # dates, NaN and nested lists as JSON sees them
 
@@ -75,6 +107,7 @@ def _with_reason_text(rows: list[dict]) -> list[dict]:
 @bentoml.asgi_app(catalog_app, path="/catalog")
 @bentoml.asgi_app(reports_app, path="/reports")
 @bentoml.asgi_app(desk_app, path="/desk")
+@bentoml.asgi_app(alerts_app, path="/alerts")
 class PledgeService:
     def __init__(self) -> None:
         from data import Store
@@ -92,9 +125,23 @@ class PledgeService:
         self.store = Store()
         self.monitor_config = load_config(os.environ.get("PLEDGEVAL_MONITOR_CONFIG"))
         self.monitor = Monitor(self.store, self.monitor_config, value_function(self.model), warning=self.model.warning)
+        self.delivery = self._alert_delivery()
         SERVICE_STATE["service"] = self
         if os.environ.get("PLEDGEVAL_SCHEDULE", "on") != "off":
             threading.Thread(target=self._scheduler, name="sweep-scheduler", daemon=True).start()
+
+    def _alert_delivery(self):
+        """Every worker sends the outbox to the webhook of monitor.toml's [alerts], if one is set; claims in
+        the store keep the workers off each other's alerts."""
+        from monitoring.delivery import AlertDelivery, WebhookConfig
+
+        webhook = WebhookConfig.from_config(self.monitor_config)
+        if webhook is None:
+            return None
+        delivery = AlertDelivery(self.monitor.log, webhook)
+        threading.Thread(target=delivery.run, args=(threading.Event(),), name="alert-delivery", daemon=True).start()
+        log.info("alerts are delivered to %s", webhook.url)
+        return delivery
 
     @staticmethod
     def _one_thread_per_request() -> None:
@@ -191,6 +238,53 @@ class PledgeService:
             self.monitor.run_requested(when)
         except Exception:  # recorded in the store as failed (GET /sweeps/{id}); the service keeps serving
             log.exception("sweep of %s failed", when)
+        if self.delivery is not None:
+            self.delivery.wake.set()
+
+    @bentoml.api(route="/market")
+    def market(self, observations: list[MarketObservation]) -> dict:
+        """Market observations (spu_id, date, price, units, source): stored, and the positions on the SPUs
+        they moved re-scored at once. A bad observation is answered with its item, field and reason; the
+        good ones are applied together. New alerts: GET /alerts?since= and the webhook."""
+        from monitoring.market_updates import MAX_OBSERVATIONS, apply_market_updates
+
+        if not observations:
+            raise BentoMLException("observations: empty", error_code=HTTPStatus.UNPROCESSABLE_ENTITY)
+        if len(observations) > MAX_OBSERVATIONS:
+            raise BentoMLException(f"observations: {len(observations)} in one request; at most {MAX_OBSERVATIONS} "
+                                   "(send several)", error_code=HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+        outcome = apply_market_updates(self.monitor, [o.model_dump() for o in observations])
+        if outcome.errors and outcome.applied + outcome.unchanged == 0:
+            shown = "; ".join(f"item {e['item']}, {e['field']}: {e['error']}" for e in outcome.errors[:10])
+            more = f"; and {len(outcome.errors) - 10} more" if len(outcome.errors) > 10 else ""
+            raise BentoMLException(f"no observation applied: {shown}{more}",
+                                   error_code=HTTPStatus.UNPROCESSABLE_ENTITY)
+        if outcome.alerts and self.delivery is not None:
+            self.delivery.wake.set()
+        return outcome.as_dict()
+
+    def alerts_since(self, since: str | None, limit: str | None) -> dict:
+        """Alerts (sweeps and market updates) after a cursor: ``since`` is the ``cursor`` of the previous
+        answer (an alert's seq), or an ISO timestamp; nothing or 0 starts at the first alert."""
+        from monitoring.delivery import alert_payload
+
+        seq, after, count = _cursor(since), _timestamp(since), _limit(limit)
+        rows = self.monitor.log.alerts_since(seq, created_after=after, limit=count)
+        return {"alerts": [alert_payload(r) for r in rows], "cursor": rows[-1]["seq"] if rows else seq,
+                "more": len(rows) == count}
+
+    def changes_since(self, since: str | None, limit: str | None) -> dict:
+        """Positions whose grade or action a market update changed, after a cursor (as for alerts), each
+        with its amount at risk, for the desk's live book."""
+        from monitoring.report import at_risk
+
+        seq, after, count = _cursor(since), _timestamp(since), _limit(limit)
+        rows = self.monitor.log.changes_since(seq, created_after=after, limit=count)
+        if not rows:
+            return {"changes": [], "cursor": seq, "more": False}
+        frame = at_risk(pl.DataFrame(rows, infer_schema_length=None)).sort("seq")
+        changes = _with_reason_text(_json_rows(frame.with_columns(pl.col("created_at").dt.to_string("%Y-%m-%dT%H:%M:%S"))))
+        return {"changes": changes, "cursor": rows[-1]["seq"], "more": len(rows) == count}
 
     def sweep_status(self, sweep_id: str) -> dict:
         """A sweep's totals and its worst positions; ``latest`` is the most recent completed sweep. A sweep
@@ -261,18 +355,38 @@ class PledgeService:
 
     def position_health(self, position_id: str) -> dict:
         history, alerts = self.monitor.position_history(position_id)
-        if history.height == 0:
+        events = self.monitor.log.events_of(position_id)
+        if history.height + events.height == 0:
             if self.monitor.sweeps.position(position_id).height == 0:
                 raise BentoMLException(f"unknown position_id '{position_id}'", error_code=HTTPStatus.NOT_FOUND)
             raise BentoMLException(f"position '{position_id}' has not been swept yet: POST /sweep",
                                    error_code=HTTPStatus.CONFLICT)
-        history = history.with_columns(pl.col("reasons").str.json_decode(pl.List(pl.String)))
-        latest = _with_reason_text(_json_rows(history.tail(1)))[0]
+        if history.height:
+            history = history.with_columns(pl.col("reasons").str.json_decode(pl.List(pl.String)),
+                                           pl.lit("sweep").alias("trigger"), pl.col("completed_at").alias("recorded_at"))
+        if events.height:  # market updates: the newest record is the position's health now
+            events = events.with_columns(pl.col("reasons").str.json_decode(pl.List(pl.String)),
+                                         pl.col("created_at").alias("recorded_at"))
+            events = events.drop("seq", "event_id", "observation", "changed", "created_at")
+            history = pl.concat([history, events] if history.height else [events], how="diagonal_relaxed").sort("recorded_at")
+        latest = _with_reason_text(_json_rows(history.tail(1).drop("completed_at", "recorded_at", strict=False)))[0]
         market = self.monitor.sweeps.market(spu_id=latest["spu_id"]).sort("date")
         return {"position_id": position_id, "latest": latest,
-                "history": _json_rows(history.select("as_of", "unit_value", "ltv", "health", "grade", "action")),
-                "alerts": _with_reason_text(_json_rows(alerts)) if alerts.height else [],
+                "history": _json_rows(history.select("as_of", "trigger", "unit_value", "ltv", "health", "grade",
+                                                     "action")),
+                "alerts": self._position_alerts(position_id, alerts),
                 "market": _json_rows(market.select("date", "price", "units_sold"))}
+
+    def _position_alerts(self, position_id: str, swept: pl.DataFrame) -> list[dict]:
+        """The outbox's alerts of a position (sweeps and market updates), and sweep alerts from before the
+        outbox existed."""
+        from monitoring.delivery import alert_payload
+
+        alerts = [alert_payload(r) for r in self.monitor.log.alerts_of(position_id)]
+        sources = {a["source_id"] for a in alerts}
+        older = [{**row, "trigger": "sweep", "source_id": row["sweep_id"]} for row in _json_rows(swept)
+                 if row["sweep_id"] not in sources] if swept.height else []
+        return sorted(_with_reason_text(older), key=lambda a: a["as_of"]) + alerts
 
     def _scheduler(self) -> None:
         """Sweeps on the cron schedule of monitor.toml; the store's lock keeps schedulers apart."""
@@ -297,3 +411,4 @@ class PledgeService:
 
 PledgeService.add_asgi_middleware(ApiKeyMiddleware)
 PledgeService.add_asgi_middleware(ErrorShapeMiddleware)
+PledgeService.add_asgi_middleware(MountRootPaths)

@@ -116,3 +116,44 @@ def test_train_and_price_commands(small_catalog, tmp_path, monkeypatch):
     requests.write_text("spu_id,quantity\nNOPE,5\n")
     failed = runner.invoke(app, ["price", "--input", str(requests), "--output", str(out)])
     assert failed.exit_code == 1 and "unknown spu_id 'NOPE'" in failed.output
+
+
+def test_load_market_rescores_the_moved_positions_and_refuses_bad_rows_by_name(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from datetime import date, timedelta
+    from pathlib import Path
+
+    db = f"sqlite:///{tmp_path}/cli.db"
+    store = Store(db)
+    store.upsert("spus", pl.DataFrame({"spu_id": ["A", "B"], "title": ["Red mug", "Blue mug"]}))
+    days = [date(2024, 3, 1) + timedelta(days=i) for i in range(31)]
+    store.upsert("market", pl.DataFrame({"spu_id": ["A"] * 31 + ["B"] * 31, "date": days * 2, "price": [10.0] * 62,
+                                         "units_sold": [5] * 62}))
+    store.upsert("positions", pl.DataFrame({
+        "position_id": ["P1", "P2"], "loan_id": ["L1", "L2"], "borrower": ["X", "X"], "spu_id": ["A", "B"],
+        "quantity": [100, 100], "warehouse": ["W", "W"], "pledged_at": [date(2024, 3, 20)] * 2,
+        "loan_amount": [700.0, 700.0], "pledge_unit_price": [7.0, 7.0]}))
+    store.close()
+    prices = tmp_path / "prices.csv"
+    prices.write_text("spu_id,date,price,units_sold\n" + "".join(f"A,2024-04-{d:02d},4.0,0\n" for d in range(1, 8)))
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml")}  # no model: market prices and the rules
+
+    def load(path):
+        return subprocess.run([str(Path(sys.executable).parent / "pledgeval"), "load", "market", str(path), "--db", db],
+                              capture_output=True, text=True, env=env)
+
+    first = load(prices)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "7 observations applied, 0 already stored" in first.stdout and "1 positions re-scored" in first.stdout
+    events = Store(db).read("health_events")
+    assert events["position_id"].to_list() == ["P1"] and events["action"][0] == "liquidate"
+    assert "file:prices.csv" in events["observation"][0]
+    again = load(prices)
+    assert "0 observations applied, 7 already stored" in again.stdout
+    future = tmp_path / "future.csv"
+    future.write_text("spu_id,date,price,units_sold\nB,2024-04-01,9.0,1\nB,2999-01-01,9.0,1\n")
+    refused = load(future)
+    assert refused.returncode == 1 and "1 observations applied" in refused.stdout
+    assert "row 2, field 'date': 2999-01-01 is in the future" in refused.stderr + refused.stdout

@@ -243,3 +243,28 @@ def test_book_view_lists_worst_positions_and_their_health(server, browser, scree
     assert report.status_code == 200 and "Worst positions" in report.text
     worst = report.text.split("Worst positions")[1].split("Flagged SPUs")[0]
     assert _raw_codes(worst) == []
+
+
+def test_the_book_follows_market_updates_without_a_reload(server, browser):
+    """A market update that changes a position's grade shows in the open book within a few seconds."""
+    import polars as pl
+
+    client, tables = server
+    page = _open_desk(browser, client, 1100, 1200, swept=True)
+    page.click("#nav-book")
+    page.wait_for_selector("#book", state="visible", timeout=30_000)
+    page.wait_for_function("document.querySelector('#b-live').textContent.includes('following')")
+    first_spu = tables["positions"]["spu_id"][0]  # left alone: the service tests read its position's history
+    worst = client.get("/sweeps/latest").json()["worst"]
+    target = next(w for w in worst if w["grade"] in ("A", "B", "C") and w["spu_id"] != first_spu)
+    market = tables["market"].filter(pl.col("spu_id") == target["spu_id"]).sort("date").tail(7)
+    # corrections of days already stored: the newest market day, which other tests sweep, stays as it is
+    crash = [{"spu_id": target["spu_id"], "date": d.isoformat(), "price": round(p * 0.2, 2), "units": 0,
+              "source": "desk-test"} for d, p in zip(market["date"], market["price"])]
+    answer = client.post("/market", json={"observations": crash})
+    assert answer.status_code == 200 and answer.json()["positions_rescored"] >= 1, answer.text
+    row = page.locator("#b-worst tbody tr.live", has_text=target["position_id"])
+    row.wait_for(timeout=15_000)  # no reload: the page polls for changes
+    assert "updated" in row.text_content() and target["grade"] not in row.locator("td:nth-child(6)").text_content()
+    assert "changes from market updates" in page.text_content("#b-live")
+    page.close()

@@ -130,10 +130,9 @@ from monitoring import Monitor
 store = Store(sys.argv[1])
 monitor = Monitor(store)
 real = store.upsert_many
-def die_mid_write(frames, connection=None):
-    with store.engine.begin() as conn:
-        real({"sweep_results": frames["sweep_results"]}, conn)  # half the writes are in the transaction ...
-        os.kill(os.getpid(), signal.SIGKILL)                  # ... when the process dies
+def die_mid_write(frames, connection):
+    real({"sweep_results": frames["sweep_results"]}, connection)  # half the writes are in the transaction ...
+    os.kill(os.getpid(), signal.SIGKILL)                        # ... when the process dies
 store.upsert_many = die_mid_write
 monitor.run_sweep(date(2024, 3, 31))
 """

@@ -2,8 +2,10 @@
 
 import base64
 import io
+from datetime import timedelta
 
 import httpx
+import polars as pl
 from conftest import wait_for_sweep
 from PIL import Image
 
@@ -148,3 +150,55 @@ def test_every_error_has_one_shape_naming_the_field(server):
                      client.post("/sweep", json={"as_of": "bad"}),
                      httpx.post(f"{client.base_url}/price", json={"items": []}, timeout=10)):
         assert response.status_code >= 400 and isinstance(response.json(), dict) and response.json()["error"]
+
+
+def _alert_cursor(client) -> int:
+    cursor = 0
+    while True:
+        page = client.get("/alerts", params={"since": cursor, "limit": 1000}).json()
+        cursor = page["cursor"]
+        if not page["more"]:
+            return cursor
+
+
+def test_a_market_update_reaches_the_alert_feed_and_the_position_at_once(server):
+    """Runs last in this file: its observations move the newest market day."""
+    client, tables = server
+    wait_for_sweep(client, client.post("/sweep", json={}).json()["sweep_id"])
+    position = next(p for p in tables["positions"].iter_rows(named=True)  # one with an alert still to come
+                    if client.get(f"/positions/{p['position_id']}/health").json()["latest"]["action"] != "liquidate")
+    spu, last = position["spu_id"], tables["market"]["date"].max()
+    price = tables["market"].filter(pl.col("spu_id") == spu)["price"].median()
+    start = _alert_cursor(client)
+    feed = [{"spu_id": spu, "date": (last + timedelta(days=i)).isoformat(), "price": round(price * 0.3, 2),
+             "units": 0, "source": "test-feed"} for i in range(1, 11)]
+    bad = [{"spu_id": "NO-SUCH-SPU", "date": last.isoformat(), "price": 3.0, "units": 1},
+           {"spu_id": spu, "date": last.isoformat(), "price": -1.0, "units": 1}]
+    answer = client.post("/market", json={"observations": feed + bad})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert (body["applied"], body["rejected"]) == (10, 2) and body["positions_rescored"] >= 1
+    assert {(e["item"], e["field"]) for e in body["errors"]} == {(10, "spu_id"), (11, "price")}
+
+    alerts = client.get("/alerts", params={"since": start}).json()["alerts"]  # visible as the POST returns
+    mine = [a for a in alerts if a["position_id"] == position["position_id"]]
+    assert len(mine) == 1 and mine[0]["trigger"] == "market" and mine[0]["source_id"] == body["event_id"]
+    assert mine[0]["observation"][0]["source"] == "test-feed" and mine[0]["reason_text"]
+    changes = client.get("/positions/changes", params={"since": 0}).json()["changes"]
+    assert position["position_id"] in {c["position_id"] for c in changes}
+    assert all("amount_at_risk" in c and c["reason_text"] is not None for c in changes)
+    health = client.get(f"/positions/{position['position_id']}/health").json()
+    assert health["history"][-1]["trigger"] == "market" and health["latest"]["action"] == mine[0]["action"]
+    assert any(a["trigger"] == "market" for a in health["alerts"])
+
+    again = client.post("/market", json={"observations": feed}).json()  # the same feed twice changes nothing
+    assert (again["applied"], again["unchanged"], again["event_id"]) == (0, 10, None)
+    assert client.get("/alerts", params={"since": start}).json()["alerts"] == alerts
+
+    refused = client.post("/market", json={"observations": bad})
+    assert refused.status_code == 422 and "item 0, spu_id: unknown SPU 'NO-SUCH-SPU'" in refused.json()["error"]
+    too_many = client.post("/market", json={"observations": feed[:1] * 5001})
+    assert too_many.status_code == 413 and "at most 5000" in too_many.json()["error"]
+    for query in ({"since": "soon"}, {"since": -1}, {"limit": 0}):
+        response = client.get("/alerts", params=query)
+        assert response.status_code == 422 and response.json()["error"], (query, response.text)

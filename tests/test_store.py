@@ -50,7 +50,7 @@ def test_migrations_are_idempotent(store):
     store.migrate()
     store.migrate()
     with store.engine.connect() as connection:
-        assert connection.execute(sa.text("select version_num from alembic_version")).scalar_one() == "0004"
+        assert connection.execute(sa.text("select version_num from alembic_version")).scalar_one() == "0005"
     assert {"spus", "reviews", "orders", "market", "positions"} <= set(store.metadata.tables)
 
 

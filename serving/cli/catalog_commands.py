@@ -32,8 +32,13 @@ def load(
     skip_bad_rows: Annotated[bool, typer.Option(help="Load the good rows and write the rejects beside the file.")] = False,
     rejects: Annotated[Optional[Path], typer.Option(help="Where to write rejects (default: FILE.rejects.csv).")] = None,
     db: DbOption = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="market only: the model for stale prices and the "
+                                                                 "early warning (default: pledgeval:latest if present)."
+                                                 )] = None,
 ) -> None:
-    """Check a file against its table's schema and upsert it into the store (all or nothing)."""
+    """Check a file against its table's schema and upsert it into the store (all or nothing). Market
+    observations also re-score the positions on the SPUs they move, as POST /market does, in batches of
+    5,000 (each all or nothing; a run stopped half way is finished by running it again)."""
     if table not in TABLES:
         fail(f"unknown table '{table}' (known: {', '.join(TABLES)})")
     store = Store(db)
@@ -45,11 +50,39 @@ def load(
         row_level = any(p.row is not None for p in exc.problems)
         fail(f"{exc}\n(nothing was written" + ("; --skip-bad-rows loads the good rows and writes the rejects)"
                                                if row_level and not skip_bad_rows else ")"))
-    written = store.upsert(table, result.table)
-    console.print(f"{table}: {written} rows upserted into {redact(store.url)}")
+    if table == "market":
+        _apply_market(store, result.table, file, model)
+    else:
+        written = store.upsert(table, result.table)
+        console.print(f"{table}: {written} rows upserted into {redact(store.url)}")
     if result.rejects.height:
         path = result.write_rejects(rejects or file.with_name(file.name + ".rejects.csv"))
         errors.print(f"[yellow]{result.rejects['row'].n_unique()} bad rows skipped; reasons in {path}[/]")
+
+
+def _apply_market(store: Store, market: pl.DataFrame, file: Path, model: str | None) -> None:
+    from monitoring.jobs import monitor_for
+    from monitoring.market_updates import MAX_OBSERVATIONS, apply_market_updates, file_observations
+
+    try:
+        monitor = monitor_for(store, model)
+    except LookupError as exc:
+        fail(str(exc))
+    observations = file_observations(market, f"file:{file.name}")
+    totals = {"applied": 0, "unchanged": 0, "positions_rescored": 0, "alerts": 0}
+    problems = []
+    for start in range(0, observations.height, MAX_OBSERVATIONS):
+        outcome = apply_market_updates(monitor, observations.slice(start, MAX_OBSERVATIONS))
+        for key in totals:
+            totals[key] += getattr(outcome, key)
+        problems += [{**e, "item": e["item"] + start} for e in outcome.errors]
+    console.print(f"market: {totals['applied']} observations applied, {totals['unchanged']} already stored, into "
+                  f"{redact(store.url)}; {totals['positions_rescored']} positions re-scored, {totals['alerts']} alerts")
+    if problems:
+        shown = "\n".join(f"  row {p['item'] + 1}, field '{p['field']}': {p['error']}" for p in problems[:20])
+        errors.print(f"[yellow]{len({p['item'] for p in problems})} observations refused (the others are "
+                     f"applied):[/]\n{shown}")
+        raise typer.Exit(1)
 
 
 @app.command("import-online-retail")

@@ -261,10 +261,63 @@ async function loadBook() {
     fillFilter($("f-grade"), book.map((w) => w.grade));
     showBook();
     show($("book"), true);
+    followBook(sweep.completed_at);
   } catch (err) {
     show($("book"), false);
     fail($("book-error"), err);
   }
+}
+
+// -- the live book: market updates between sweeps ----------------------------------------------
+// Every few seconds the page asks for positions whose grade or action a market update changed since
+// the sweep it shows (GET /positions/changes?since=), and updates their rows in place. Polling works
+// the same whichever of the service's workers answers; a stream would tie the page to one of them.
+const LIVE_EVERY_MS = 3000;
+const live = { since: null, timer: null, changed: 0, last: null };
+function followBook(sweepCompletedAt) {
+  live.since = sweepCompletedAt;
+  live.changed = 0;
+  live.last = null;
+  $("b-live").textContent = "Live: following market updates.";
+  clearTimeout(live.timer);
+  live.timer = setTimeout(pollChanges, 0);
+}
+async function pollChanges() {
+  if ($("book-view").hidden) return;  // the price view is shown: route() starts again on the way back
+  try {
+    let page;
+    do {
+      page = await api(`/positions/changes?since=${encodeURIComponent(live.since)}&limit=500`);
+      if (page.changes.length) {
+        page.changes.forEach(applyChange);
+        live.since = page.cursor;
+        live.changed += page.changes.length;
+        live.last = page.changes[page.changes.length - 1].created_at;
+      }
+    } while (page.more);
+    if (live.last) {
+      fillFilter($("f-action"), book.map((w) => w.action));
+      fillFilter($("f-grade"), book.map((w) => w.grade));
+      book.sort((x, y) => y.amount_at_risk - x.amount_at_risk);
+      showBook();
+      $("b-live").textContent = `Live: ${count.format(live.changed)} changes from market updates since the sweep ` +
+        `(latest ${live.last.replace("T", " ")}).`;
+    }
+  } catch (err) {
+    $("b-live").textContent = `Live updates paused: ${err.message}. Retrying.`;
+  }
+  live.timer = setTimeout(pollChanges, LIVE_EVERY_MS);
+}
+function applyChange(c) {
+  let w = book.find((x) => x.position_id === c.position_id);
+  if (!w) {
+    if (c.action === "ok") return;  // the list holds the positions at risk
+    w = { position_id: c.position_id, spu_id: c.spu_id, title: null };
+    book.push(w);
+  }
+  for (const key of ["unit_value", "collateral_value", "loan_amount", "amount_at_risk", "ltv", "health", "grade",
+    "action", "reasons", "reason_text", "p_loss"]) w[key] = c[key];
+  w.live = c.created_at;
 }
 
 // One bar per grade: its loans, and inside it the part at risk.
@@ -304,8 +357,15 @@ function showBook() {
     link.textContent = w.position_id;
     const title = text("span", w.title || w.spu_id);
     title.title = w.spu_id;
-    return row([link, title, money.format(w.loan_amount ?? 0), money.format(w.amount_at_risk),
-      ltvText(w.ltv), `${w.health.toFixed(0)} (${w.grade})`, w.action, (w.reason_text || []).join(" ")]);
+    const action = text("span", w.action);
+    if (w.live) action.append(" ", text("span", "updated", "live-badge"));
+    const tr = row([link, title, money.format(w.loan_amount ?? 0), money.format(w.amount_at_risk),
+      ltvText(w.ltv), `${w.health.toFixed(0)} (${w.grade})`, action, (w.reason_text || []).join(" ")]);
+    if (w.live) {
+      tr.classList.add("live");
+      tr.title = `Re-scored by a market update at ${w.live.replace("T", " ")}`;
+    }
+    return tr;
   }));
   $("b-count").textContent = `${rows.length} of ${book.length} positions, the largest amount at risk first`;
 }
@@ -349,7 +409,8 @@ async function loadPosition(id) {
     plot($("d-price"), h.market.map((m) => [m.date, m.price]), (v) => money.format(v));
     plot($("d-sales"), everyDay(h.market.map((m) => [m.date, m.units_sold])), (v) => count.format(v));
     plot($("d-ltv"), h.history.map((r) => [r.as_of, r.ltv]), ltvText);
-    $("d-alerts").replaceChildren(...(h.alerts.length ? h.alerts.map((a) => li(`${a.as_of}: ${a.action} ` +
+    const cause = (a) => (a.trigger === "market" ? " after a market update" : "");
+    $("d-alerts").replaceChildren(...(h.alerts.length ? h.alerts.map((a) => li(`${a.as_of}: ${a.action}${cause(a)} ` +
       `(was ${a.previous_action || "–"}): ${(a.reason_text || []).join(" ")}`)) : [li("none")]));
     show($("detail"), true);
     $("detail").scrollIntoView({ block: "start" });
