@@ -91,6 +91,14 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def config_fingerprint(config: EncoderConfig) -> str:
+    """What decides the numbers, without loading the model: architecture/source, the weights on top, the
+    init seed. Equal fingerprints, equal vectors."""
+    parts = {"model_name": config.model_name, "pretrained": config.pretrained, "model_cfg": config.model_cfg,
+             "init_seed": config.init_seed, "checkpoint": file_sha256(config.checkpoint) if config.checkpoint else None}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
 class Encoder:
     """Encodes titles and images into one joint space (L2-normalised float32 vectors)."""
 
@@ -133,11 +141,7 @@ class Encoder:
         self.fingerprint = digest.hexdigest()[:16]
 
     def _fingerprint(self) -> str:
-        # Only what decides the numbers: architecture/source, the weights on top, the init seed.
-        parts = {"model_name": self.config.model_name, "pretrained": self.config.pretrained,
-                 "model_cfg": self.config.model_cfg, "init_seed": self.config.init_seed,
-                 "checkpoint": file_sha256(self.config.checkpoint) if self.config.checkpoint else None}
-        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+        return config_fingerprint(self.config)
 
     # -- text ---------------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:

@@ -148,6 +148,85 @@ class SpuIndex:
         if len(ids):
             self._index.add_with_ids(vectors, ids)
 
+    @classmethod
+    def from_shards(cls, shards: list[Path], fingerprint: str, kind: str = "ivfpq", *, column: str = "content",
+                    sample: int = 100_000, seed: int = 0, log=None) -> "SpuIndex":
+        """An index over vector shards (``embeddings.backfill``) without holding every vector at once: the
+        coarse quantiser and PQ codebooks are trained on a sample drawn from every shard in proportion,
+        then the shards are added one by one. ``kind`` flat or hnsw keeps full vectors (memory grows with
+        the catalogue); ivfpq keeps codes."""
+        import pyarrow.parquet as pq
+
+        rows = [pq.ParquetFile(s).metadata.num_rows for s in shards]
+        total = sum(rows)
+        if total == 0:
+            raise ValueError("the vector shards hold no vectors")
+        rng = np.random.default_rng(seed)
+        dtype = pl.read_parquet_schema(shards[0]).get(column)
+        if not isinstance(dtype, pl.Array):
+            raise ValueError(f"{shards[0]}: no fixed-size vector column '{column}'")
+        index = cls(dtype.size, fingerprint, kind)
+        resolved = index.resolved_kind(total)
+        train = None
+        if resolved == "ivfpq":
+            parts = []
+            for shard, n in zip(shards, rows):
+                take = min(n, int(np.ceil(sample * n / total)))
+                if take:
+                    vectors = _shard_vectors(shard, column)[1]
+                    parts.append(vectors[rng.choice(n, take, replace=False)])
+            train = np.concatenate(parts)
+        index._index = index._new_index(resolved, train=train)
+        index._kind_built = resolved
+        metas, seen = [], 0
+        for shard in shards:
+            spu_ids, vectors = _shard_vectors(shard, column)
+            if not spu_ids:
+                continue
+            ids = np.arange(seen, seen + len(spu_ids), dtype=np.int64)
+            index._index.add_with_ids(index._check(vectors), ids)
+            metas.append(pl.DataFrame({"id": ids, "spu_id": spu_ids}))
+            seen += len(spu_ids)
+            if log:
+                log(f"{shard.name}: {len(spu_ids)} vectors added ({seen}/{total})")
+        index.meta = pl.concat(metas)
+        if index.meta["spu_id"].n_unique() != index.meta.height:
+            duplicated = index.meta.filter(pl.col("spu_id").is_duplicated())["spu_id"].unique().to_list()[:5]
+            raise ValueError(f"spu_id in more than one shard (or twice in one): {duplicated}")
+        index._next_id = seen
+        return index
+
+    def recall_against_exact(self, shards: list[Path], queries: int = 200, k: int = 10, *, column: str = "content",
+                             seed: int = 1) -> float:
+        """Recall@k of this index against exact search over the shards, for ``queries`` of their own vectors
+        (read one shard at a time: the exact answer never needs every vector at once)."""
+        rng = np.random.default_rng(seed)
+        picked = np.sort(rng.choice(len(self), min(queries, len(self)), replace=False))
+        query = np.zeros((len(picked), self.dim), dtype=np.float32)
+        best = np.full((len(picked), k), -np.inf, dtype=np.float32)
+        best_ids = np.full((len(picked), k), -1, dtype=np.int64)
+        offset = 0
+        for shard in shards:  # first pass: the query vectors (ids are dense, in shard order)
+            spu_ids, vectors = _shard_vectors(shard, column)
+            if not spu_ids:
+                continue
+            inside = (picked >= offset) & (picked < offset + len(spu_ids))
+            query[inside] = vectors[picked[inside] - offset]
+            offset += len(spu_ids)
+        offset = 0
+        for shard in shards:
+            spu_ids, vectors = _shard_vectors(shard, column)
+            if not spu_ids:
+                continue
+            scores = query @ vectors.T
+            ids = np.broadcast_to(np.arange(offset, offset + len(spu_ids)), scores.shape)
+            merged, merged_ids = np.concatenate([best, scores], axis=1), np.concatenate([best_ids, ids], axis=1)
+            top = np.argsort(-merged, axis=1)[:, :k]
+            best, best_ids = np.take_along_axis(merged, top, 1), np.take_along_axis(merged_ids, top, 1)
+            offset += len(spu_ids)
+        _, found = self._index.search(query, k)
+        return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(found.tolist(), best_ids.tolist())]))
+
     # -- searching ----------------------------------------------------------------------------
     def search(self, vectors: np.ndarray, k: int = 10, exclude: list[str] | None = None) -> list[pl.DataFrame]:
         """Top-k per query: spu_id and score (cosine), best first; ``exclude`` drops those spu_ids."""
@@ -237,6 +316,13 @@ class SpuIndex:
         if self._index is not None:
             self._index = faiss.deserialize_index(self._index)
             self._set_search_params()
+
+
+def _shard_vectors(shard: Path, column: str) -> tuple[list[str], np.ndarray]:
+    frame = pl.read_parquet(shard, columns=["spu_id", column])
+    if frame.height == 0:
+        return [], np.zeros((0, 0), dtype=np.float32)
+    return frame["spu_id"].to_list(), np.ascontiguousarray(frame[column].to_numpy(), dtype=np.float32)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

@@ -157,41 +157,9 @@ class SpuEmbedder:
         if self.scaler_ is None:
             self.fit(orders)
         ids = spus["spu_id"].to_list()
-        titles = [t or "" for t in spus["title"].to_list()]
-        has_title = np.array([bool(t.strip()) for t in titles])
-        title = self.encode_texts(titles) * has_title[:, None]
-
         image_lists = spus["images"].to_list() if "images" in spus.columns else [[] for _ in ids]
-        flat = [(i, p) for i, paths in enumerate(image_lists) for p in (paths or [])]
-        image = np.zeros_like(title)
-        has_image = np.zeros(len(ids), dtype=bool)
-        if flat:
-            vectors = self.encode_images([p for _, p in flat])
-            owner = np.array([i for i, _ in flat])
-            np.add.at(image, owner, vectors)
-            has_image[owner] = True
-            image = _normalise(image)
-        content = _normalise(title + image)
-
-        review_vec = np.zeros_like(title)
-        negativity = np.full(len(ids), np.nan, dtype=np.float32)
-        rating = np.full(len(ids), np.nan)
-        has_reviews = np.zeros(len(ids), dtype=bool)
-        if reviews is not None and reviews.height:
-            position = {s: i for i, s in enumerate(ids)}
-            mine = reviews.filter(pl.col("spu_id").is_in(ids))
-            if mine.height:
-                vectors = self.encode_texts(mine["text"].to_list(), kind="review")
-                owner = np.array([position[s] for s in mine["spu_id"]])
-                np.add.at(review_vec, owner, vectors)
-                counts = np.bincount(owner, minlength=len(ids))
-                scores = np.bincount(owner, weights=review_negativity(vectors, self.negative_, self.positive_),
-                                     minlength=len(ids))
-                has_reviews = counts > 0
-                negativity[has_reviews] = scores[has_reviews] / counts[has_reviews]
-                ratings = np.bincount(owner, weights=mine["rating"].to_numpy().astype(float), minlength=len(ids))
-                rating[has_reviews] = ratings[has_reviews] / counts[has_reviews]
-                review_vec = _normalise(review_vec)
+        title, image, content, has_title, has_image = self.content_part(spus["title"].to_list(), image_lists)
+        review_vec, negativity, rating, has_reviews, counts = self.review_part(ids, reviews)
 
         raw = pl.DataFrame({"spu_id": ids})
         if orders is not None and orders.height:
@@ -206,7 +174,47 @@ class SpuEmbedder:
             spu_ids=ids, vectors=fuse(content, review_vec, order_vec), content=content, image=image, title=title,
             has={"title": has_title, "image": has_image, "reviews": has_reviews, "orders": has_orders},
             negativity=negativity, order_features=raw, rating=rating,
-            n_reviews=np.zeros(len(ids)) if not has_reviews.any() else counts.astype(float))
+            n_reviews=counts.astype(float))
+
+    def content_part(self, titles: list[str | None], image_lists: list[list[ImageInput] | None]) -> tuple[np.ndarray, ...]:
+        """(title, image, content vectors, has_title, has_image) of SPUs' titles and images (paths, bytes)."""
+        titles = [t or "" for t in titles]
+        has_title = np.array([bool(t.strip()) for t in titles], dtype=bool)
+        title = self.encode_texts(titles) * has_title[:, None]
+        flat = [(i, p) for i, paths in enumerate(image_lists) for p in (paths or [])]
+        image = np.zeros_like(title)
+        has_image = np.zeros(len(titles), dtype=bool)
+        if flat:
+            vectors = self.encode_images([p for _, p in flat])
+            owner = np.array([i for i, _ in flat])
+            np.add.at(image, owner, vectors)
+            has_image[owner] = True
+            image = _normalise(image)
+        return title, image, _normalise(title + image), has_title, has_image
+
+    def review_part(self, ids: list[str], reviews: pl.DataFrame | None) -> tuple[np.ndarray, ...]:
+        """(review vectors, negativity, rating, has_reviews, review counts) per SPU of ``ids``."""
+        review_vec = np.zeros((len(ids), self.encoder.dim), dtype=np.float32)
+        negativity = np.full(len(ids), np.nan, dtype=np.float32)
+        rating = np.full(len(ids), np.nan)
+        counts = np.zeros(len(ids), dtype=np.int64)
+        if reviews is None or not reviews.height:
+            return review_vec, negativity, rating, counts > 0, counts
+        position = {s: i for i, s in enumerate(ids)}
+        mine = reviews.filter(pl.col("spu_id").is_in(ids))
+        if not mine.height:
+            return review_vec, negativity, rating, counts > 0, counts
+        vectors = self.encode_texts(mine["text"].to_list(), kind="review")
+        owner = np.array([position[s] for s in mine["spu_id"]])
+        np.add.at(review_vec, owner, vectors)
+        counts = np.bincount(owner, minlength=len(ids))
+        scores = np.bincount(owner, weights=review_negativity(vectors, self.negative_, self.positive_),
+                             minlength=len(ids))
+        has_reviews = counts > 0
+        negativity[has_reviews] = scores[has_reviews] / counts[has_reviews]
+        ratings = np.bincount(owner, weights=mine["rating"].to_numpy().astype(float), minlength=len(ids))
+        rating[has_reviews] = ratings[has_reviews] / counts[has_reviews]
+        return _normalise(review_vec), negativity, rating, has_reviews, counts
 
     def query(self, title: str | None = None, images: Sequence[ImageInput] = ()) -> np.ndarray:
         """The content vector of a title and/or images: what the SPU index is searched with."""
