@@ -2,6 +2,12 @@
 
     python bench/index.py --quick          # 100k clustered vectors
     python bench/index.py --n 1000000
+    python bench/index.py --from-shards --spus 2000000   # built from vector shards; peak memory
+
+``--from-shards`` writes the vectors as backfill shards of 100,000 (in a child process, so that this one
+never holds them), builds ``SpuIndex.from_shards`` of ``--kind`` (default ivfsq) and of ivfpq beside
+it, and measures recall@10 against exact search over the shards, single-query latency, and the peak
+resident memory of this process (``ru_maxrss``).
 """
 
 from __future__ import annotations
@@ -31,14 +37,87 @@ def clustered(n: int, dim: int, rng: np.random.Generator, n_clusters: int) -> np
     return out
 
 
+SHARD_ROWS = 100_000
+
+
+def write_shards(folder: Path, n: int, dim: int, seed: int) -> list[Path]:
+    """Clustered vectors as backfill-style shards (spu_id, content), one shard in memory at a time."""
+    import polars as pl
+
+    rng = np.random.default_rng(seed)
+    n_clusters = max(100, n // 50)
+    centres = rng.normal(size=(n_clusters, dim)).astype(np.float32)
+    paths = []
+    for k, start in enumerate(range(0, n, SHARD_ROWS)):
+        stop = min(n, start + SHARD_ROWS)
+        part = centres[rng.integers(0, n_clusters, stop - start)] + 0.6 * rng.normal(size=(stop - start, dim)).astype(np.float32)
+        part /= np.linalg.norm(part, axis=1, keepdims=True)
+        path = folder / f"vectors-{k:04d}.parquet"
+        pl.DataFrame({"spu_id": [f"S{i:08d}" for i in range(start, stop)],
+                      "content": pl.Series(part, dtype=pl.Array(pl.Float32, dim))}).write_parquet(path)
+        paths.append(path)
+    return paths
+
+
+def from_shards(args) -> None:
+    import multiprocessing
+    import resource
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="bench-index-shards-"))
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        shards = pool.apply(write_shards, (folder, args.spus, args.dim, 0))
+    baseline_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the libraries, before any index
+    print(f"{len(shards)} shards of {args.dim}-dim vectors in {folder}; this process holds {baseline_mb:,.0f} MB "
+          "before building", flush=True)
+    rows = []
+    for kind in dict.fromkeys([args.kind if args.kind != "auto" else "ivfsq", "ivfpq"]):
+        t0 = time.perf_counter()
+        index = SpuIndex.from_shards(shards, "bench", kind)
+        build_s = time.perf_counter() - t0
+        rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        t0 = time.perf_counter()
+        recall = index.recall_against_exact(shards, queries=args.queries if args.queries < 1000 else 200)
+        recall_s = time.perf_counter() - t0
+        faiss.omp_set_num_threads(1)
+        probe = np.stack([index.vectors(np.array([i]))[0] for i in np.random.default_rng(2).integers(0, len(index), 500)])
+        latencies = []
+        for q in probe:
+            t = time.perf_counter()
+            index.search_arrays(q[None, :], 10)
+            latencies.append((time.perf_counter() - t) * 1000)
+        faiss.omp_set_num_threads(0)
+        p50, p99 = np.percentile(latencies, [50, 99])
+        rows.append([kind, f"{build_s:.0f}", f"{recall:.4f}", f"{p50:.2f}", f"{p99:.2f}", f"{rss_mb:,.0f}",
+                     f"{recall_s:.0f}"])
+        print(f"{kind}: recall@10 {recall:.4f}, peak RSS so far {rss_mb:,.0f} MB", flush=True)
+        if kind == rows[0][0]:
+            first = (recall, p99, rss_mb, build_s, kind)
+        del index
+    print_table(f"SPU index from {len(shards)} shards, {args.spus:,} vectors of {args.dim} dims",
+                ["index", "build s", "recall@10 vs exact", "p50 ms", "p99 ms", "peak RSS MB (process)",
+                 "exact check s"], rows)
+    recall, p99, rss_mb, build_s, kind = first
+    print(f"recall_at_10={recall:.4f} p99_ms={p99:.2f} peak_rss_mb={rss_mb:.0f} build_s={build_s:.0f} kind={kind} "
+          f"ivfpq_recall_at_10={float(rows[-1][2]):.4f} baseline_rss_mb={baseline_mb:.0f} n={args.spus} "
+          f"shards={len(shards)}")
+    for path in shards:
+        path.unlink()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--from-shards", action="store_true", help="build from vector shards (see above)")
+    parser.add_argument("--spus", type=int, default=2_000_000, help="--from-shards: vectors")
     parser.add_argument("--quick", action="store_true", help="100k vectors")
     parser.add_argument("--n", type=int, default=None)
     parser.add_argument("--dim", type=int, default=384, help="the default encoder's dimension")
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--kind", default="auto")
     args = parser.parse_args()
+    if args.from_shards:
+        from_shards(args)
+        return
     n = args.n or 100_000
     rng = np.random.default_rng(0)
     data = clustered(n, args.dim, rng, n_clusters=max(100, n // 50))

@@ -11,6 +11,13 @@ stale, some taking a lasting price drop), positions over every SPU, and pledge d
 window, so market lookups and pledge prices grow with the book instead of staying a few hundred.
 
     python bench/sweep.py [--positions 1000000] [--spus 100000] [--days 120] [--loop-positions 2000]
+    python bench/sweep.py --positions 20000000 --streaming   # a book bigger than the in-memory sweep's budget
+
+``--streaming`` writes the book as parquet (positions in chunks of a million, each sorted by SPU, from a
+child process, so that this one never holds it), then scores it as a sweep over a book bigger than
+memory does: ``monitoring.health.score_book_in_parts`` over ``pl.scan_parquet``, a range of SPUs at a
+time, each part's results written to parquet as it comes. It prints positions/s and this process's peak
+resident memory.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import print_table  # noqa: E402
 from data.schemas import MARKET, POSITIONS  # noqa: E402
 from monitoring import load_config, score_book  # noqa: E402
-from monitoring.health import position_frame, warning_matrix  # noqa: E402
+from monitoring.health import position_frame, score_book_in_parts, warning_matrix  # noqa: E402
 from monitoring.warning import WarningModel  # noqa: E402
 
 START = date(2024, 1, 1)
@@ -38,54 +45,66 @@ WAREHOUSES = ("Felixstowe", "Tilbury", "Daventry", "Rotterdam", "Leipzig")
 
 def synthetic_book(n_positions: int, n_spus: int, days: int, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(market, positions): one market row per SPU and day with a sale; positions over all SPUs."""
-    rng = np.random.default_rng(seed)
-    day = np.arange(days)
-    ids = _labels("S", np.arange(n_spus), width=6)  # zero-padded: sorted ids are sorted numbers
+    world = SyntheticMarket(n_spus, days, seed)
+    return world.market, world.positions(n_positions, world.rng)
 
-    level = np.exp(rng.normal(np.log(30), 1.0, n_spus))  # typical price: from about £4 to a few hundred
-    vol = np.exp(rng.normal(np.log(0.015), 0.5, n_spus))  # daily log-price volatility
-    log_path = np.cumsum(rng.standard_normal((n_spus, days)) * vol[:, None], axis=1)
-    log_path += rng.normal(0, 0.001, n_spus)[:, None] * day
-    # A share of SPUs take a lasting price drop (and sell at half the rate after it) ...
-    dropped = rng.random(n_spus) < 0.12
-    after_drop = dropped[:, None] & (day >= rng.integers(days // 3, days, n_spus)[:, None])
-    log_path += np.where(after_drop, np.log(rng.uniform(0.55, 0.85, n_spus))[:, None], 0.0)
-    # ... and a share stop selling at some point (stale by as-of: no sale in the last 15+ days).
-    stops = np.where(rng.random(n_spus) < 0.08, rng.integers(days // 2, days - 15, n_spus), days)
-    rate = np.exp(rng.normal(np.log(0.6), 0.9, n_spus))  # units a day: some daily sellers, many slow ones
-    units = rng.poisson(rate[:, None] * np.where(after_drop, 0.5, 1.0) * (day < stops[:, None]))
-    spu_idx, day_idx = np.nonzero(units)  # row-major: sorted by SPU, then day
-    price = level[spu_idx] * np.exp(log_path[spu_idx, day_idx] + rng.normal(0, 0.03, spu_idx.size))
-    market = pl.DataFrame({
-        "spu_id": ids.gather(spu_idx),
-        "date": pl.Series(day_idx + (START - date(1970, 1, 1)).days, dtype=pl.Int32).cast(pl.Date),
-        "price": np.maximum(np.round(price, 2), 0.01),
-        "units_sold": units[spu_idx, day_idx],
-    }).cast(MARKET.polars_schema)
 
-    # Loans of a few positions each, pledged on any day with a full pledge window of history before it;
-    # every SPU is pledged at least once, the rest go to SPUs by how well they sell.
-    n_loans = max(1, n_positions // 8)
-    window = load_config()["market"]["pledge_window_days"]
-    loan_day = rng.integers(min(window, days - 1), days, n_loans)
-    loan_of = rng.integers(0, n_loans, n_positions)
-    every = rng.permutation(n_spus)[:n_positions]
-    spu = np.concatenate([every, rng.choice(n_spus, n_positions - every.size, p=rate ** 0.5 / (rate ** 0.5).sum())])
-    pledge_day = loan_day[loan_of]
-    quantity = np.maximum(10, np.round(rate[spu] * rng.uniform(15, 120, n_positions))).astype(np.int64)
-    pledge_unit_price = np.round(level[spu] * np.exp(log_path[spu, pledge_day]) * 0.7, 2)
-    positions = pl.DataFrame({
-        "position_id": _labels("B", np.arange(n_positions)),
-        "loan_id": _labels("L", loan_of),
-        "borrower": _labels("BR", loan_of % 2000),
-        "spu_id": ids.gather(spu),
-        "quantity": quantity,
-        "warehouse": pl.Series(WAREHOUSES).gather(rng.integers(0, len(WAREHOUSES), n_positions)),
-        "pledged_at": pl.Series(pledge_day + (START - date(1970, 1, 1)).days, dtype=pl.Int32).cast(pl.Date),
-        "loan_amount": np.round(quantity * pledge_unit_price * rng.uniform(0.8, 1.0, n_positions), 2),
-        "pledge_unit_price": np.maximum(pledge_unit_price, 0.01),
-    }).cast(POSITIONS.polars_schema)
-    return market, positions
+class SyntheticMarket:
+    """The market of the synthetic book; ``positions`` draws books over it (several, for a book written in
+    chunks: a fresh generator and an id offset per chunk)."""
+
+    def __init__(self, n_spus: int, days: int, seed: int):
+        rng = self.rng = np.random.default_rng(seed)
+        self.n_spus, self.days = n_spus, days
+        day = np.arange(days)
+        ids = self.ids = _labels("S", np.arange(n_spus), width=6)  # zero-padded: sorted ids are sorted numbers
+
+        level = self.level = np.exp(rng.normal(np.log(30), 1.0, n_spus))  # typical price: from about £4 to a few hundred
+        vol = np.exp(rng.normal(np.log(0.015), 0.5, n_spus))  # daily log-price volatility
+        log_path = np.cumsum(rng.standard_normal((n_spus, days)) * vol[:, None], axis=1)
+        log_path += rng.normal(0, 0.001, n_spus)[:, None] * day
+        # A share of SPUs take a lasting price drop (and sell at half the rate after it) ...
+        dropped = rng.random(n_spus) < 0.12
+        after_drop = dropped[:, None] & (day >= rng.integers(days // 3, days, n_spus)[:, None])
+        log_path += np.where(after_drop, np.log(rng.uniform(0.55, 0.85, n_spus))[:, None], 0.0)
+        self.log_path = log_path
+        # ... and a share stop selling at some point (stale by as-of: no sale in the last 15+ days).
+        stops = np.where(rng.random(n_spus) < 0.08, rng.integers(days // 2, days - 15, n_spus), days)
+        rate = self.rate = np.exp(rng.normal(np.log(0.6), 0.9, n_spus))  # units a day: some daily sellers, many slow ones
+        units = rng.poisson(rate[:, None] * np.where(after_drop, 0.5, 1.0) * (day < stops[:, None]))
+        spu_idx, day_idx = np.nonzero(units)  # row-major: sorted by SPU, then day
+        price = level[spu_idx] * np.exp(log_path[spu_idx, day_idx] + rng.normal(0, 0.03, spu_idx.size))
+        self.market = pl.DataFrame({
+            "spu_id": ids.gather(spu_idx),
+            "date": pl.Series(day_idx + (START - date(1970, 1, 1)).days, dtype=pl.Int32).cast(pl.Date),
+            "price": np.maximum(np.round(price, 2), 0.01),
+            "units_sold": units[spu_idx, day_idx],
+        }).cast(MARKET.polars_schema)
+
+    def positions(self, n_positions: int, rng: np.random.Generator, offset: int = 0) -> pl.DataFrame:
+        # Loans of a few positions each, pledged on any day with a full pledge window of history before it;
+        # every SPU is pledged at least once, the rest go to SPUs by how well they sell.
+        n_spus, days, rate, level, log_path = self.n_spus, self.days, self.rate, self.level, self.log_path
+        n_loans = max(1, n_positions // 8)
+        window = load_config()["market"]["pledge_window_days"]
+        loan_day = rng.integers(min(window, days - 1), days, n_loans)
+        loan_of = rng.integers(0, n_loans, n_positions)
+        every = rng.permutation(n_spus)[:n_positions]
+        spu = np.concatenate([every, rng.choice(n_spus, n_positions - every.size, p=rate ** 0.5 / (rate ** 0.5).sum())])
+        pledge_day = loan_day[loan_of]
+        quantity = np.maximum(10, np.round(rate[spu] * rng.uniform(15, 120, n_positions))).astype(np.int64)
+        pledge_unit_price = np.round(level[spu] * np.exp(log_path[spu, pledge_day]) * 0.7, 2)
+        return pl.DataFrame({
+            "position_id": _labels("B", np.arange(n_positions) + offset),
+            "loan_id": _labels("L", loan_of + offset),
+            "borrower": _labels("BR", loan_of % 2000),
+            "spu_id": self.ids.gather(spu),
+            "quantity": quantity,
+            "warehouse": pl.Series(WAREHOUSES).gather(rng.integers(0, len(WAREHOUSES), n_positions)),
+            "pledged_at": pl.Series(pledge_day + (START - date(1970, 1, 1)).days, dtype=pl.Int32).cast(pl.Date),
+            "loan_amount": np.round(quantity * pledge_unit_price * rng.uniform(0.8, 1.0, n_positions), 2),
+            "pledge_unit_price": np.maximum(pledge_unit_price, 0.01),
+        }).cast(POSITIONS.polars_schema)
 
 
 def bench_warning(market: pl.DataFrame, book: pl.DataFrame, as_of: date, neighbours: pl.DataFrame,
@@ -119,6 +138,65 @@ def best_of(fn, repeats: int) -> tuple[float, object]:
     return min(times), result
 
 
+CHUNK = 1_000_000
+
+
+def write_book(folder: Path, n_positions: int, n_spus: int, days: int, seed: int) -> int:
+    """The market and the positions as parquet, one chunk of positions in memory at a time."""
+    world = SyntheticMarket(n_spus, days, seed)
+    world.market.write_parquet(folder / "market.parquet")
+    chunks = 0
+    for k, start in enumerate(range(0, n_positions, CHUNK)):
+        chunk = world.positions(min(CHUNK, n_positions - start), np.random.default_rng([seed, k]), offset=start)
+        chunk.sort("spu_id").write_parquet(folder / f"positions-{k:04d}.parquet", row_group_size=100_000)
+        chunks += 1
+    return chunks
+
+
+def streaming(args) -> None:
+    import multiprocessing
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="bench-sweep-stream-"))
+    t0 = time.perf_counter()
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        chunks = pool.apply(write_book, (folder, args.positions, args.spus, args.days, args.seed))
+    t_write = time.perf_counter() - t0
+    baseline_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    market = pl.read_parquet(folder / "market.parquet")
+    positions = pl.scan_parquet(folder / "positions-*.parquet")
+    as_of = START + timedelta(days=args.days - 1)
+    parts = args.parts or max(1, args.positions // CHUNK)
+    out = folder / "results"
+    out.mkdir()
+    scored, actions = 0, {}
+    t0 = time.perf_counter()
+    for k, results in enumerate(score_book_in_parts(positions, market, as_of, parts=parts)):
+        results.drop("reasons").write_parquet(out / f"results-{k:04d}.parquet")
+        scored += results.height
+        for action, n in results["action"].value_counts().rows():
+            actions[action] = actions.get(action, 0) + n
+    seconds = time.perf_counter() - t0
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    per_s = scored / seconds
+    # the baseline, in the same process: the in-memory sweep of one chunk (a million positions, every SPU)
+    first = pl.read_parquet(folder / "positions-0000.parquet")
+    t0 = time.perf_counter()
+    score_book(first, market, as_of)
+    in_memory_per_s = first.height / (time.perf_counter() - t0)
+    print_table(f"Streaming sweep: {scored:,} positions in {chunks} parquet chunks over {args.spus:,} SPUs "
+                f"({market.height:,} market rows), {parts} parts by SPU range; book written in {t_write:.0f}s",
+                ["positions", "seconds", "positions/s", "peak RSS MB (process)", "RSS before scoring MB", "actions"],
+                [[f"{scored:,}", f"{seconds:.1f}", f"{per_s:,.0f}", f"{peak_mb:,.0f}", f"{baseline_mb:,.0f}",
+                  ", ".join(f"{a}={n}" for a, n in sorted(actions.items()))],
+                 [f"{first.height:,} in memory (baseline)", "-", f"{in_memory_per_s:,.0f}", "-", "-", "-"]])
+    print(f"positions_per_s={per_s:.0f} in_memory_positions_per_s={in_memory_per_s:.0f} "
+          f"streaming_over_in_memory={per_s / in_memory_per_s:.2f} peak_rss_mb={peak_mb:.0f} baseline_rss_mb={baseline_mb:.0f} "
+          f"seconds={seconds:.1f} n_positions={scored} parts={parts} n_spus={args.spus} market_rows={market.height}")
+    shutil.rmtree(folder)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--positions", type=int, default=1_000_000)
@@ -128,7 +206,13 @@ def main() -> None:
     parser.add_argument("--loop-positions", type=int, default=2_000,
                         help="positions scored one at a time (a random sample of the same book)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--streaming", action="store_true", help="score a parquet book part by part (see above)")
+    parser.add_argument("--parts", type=int, default=None, help="--streaming: SPU ranges (default: a part per "
+                                                                 "million positions)")
     args = parser.parse_args()
+    if args.streaming:
+        streaming(args)
+        return
 
     t0 = time.perf_counter()
     market, book = synthetic_book(args.positions, args.spus, args.days, args.seed)

@@ -47,6 +47,20 @@ class SweepStore:
             where = sa.and_(where, market.c.spu_id == spu_id)
         return self.store.read("market", where)
 
+    def book_spus(self, connection: sa.Connection) -> pl.Series:
+        """The SPUs with a position, sorted."""
+        positions = self._table("positions")
+        rows = connection.execute(sa.select(positions.c.spu_id).distinct().order_by(positions.c.spu_id)).scalars().all()
+        return pl.Series("spu_id", rows, dtype=pl.String)
+
+    def positions_between(self, connection: sa.Connection, low: str, high: str | None) -> pl.DataFrame:
+        """The positions on SPUs from ``low`` up to (not including) ``high``; to the end without ``high``."""
+        positions = self._table("positions")
+        where = positions.c.spu_id >= low
+        if high is not None:
+            where = sa.and_(where, positions.c.spu_id < high)
+        return self.store.read("positions", where)
+
     def position(self, position_id: str) -> pl.DataFrame:
         return self.store.read("positions", self._table("positions").c.position_id == position_id)
 
@@ -76,14 +90,16 @@ class SweepStore:
         alerts = self.store.read("alerts", self._table("alerts").c.position_id == position_id)
         return pl.DataFrame(rows, infer_schema_length=None), alerts.sort("as_of") if alerts.height else alerts
 
-    def write_sweep(self, results: pl.DataFrame, alerts: pl.DataFrame, sweep: pl.DataFrame,
-                    connection: sa.Connection) -> None:
-        """In the caller's transaction, the sweep row last: a sweep row always means complete results. Its
-        run, if any, is done with."""
-        sweep_id = sweep["sweep_id"][0]
+    def write_results(self, results: pl.DataFrame, alerts: pl.DataFrame, connection: sa.Connection) -> None:
+        """A sweep's results and alerts (all of them, or one part's), in the caller's transaction."""
+        self.store.upsert_many({"sweep_results": results, "alerts": alerts}, connection)
+
+    def complete_sweep(self, sweep: pl.DataFrame, connection: sa.Connection) -> None:
+        """The sweep row, after every result, in the same transaction: a sweep row always means complete
+        results. Its run, if any, is done with."""
         runs = self._table("sweep_runs")
-        self.store.upsert_many({"sweep_results": results, "alerts": alerts, "sweeps": sweep}, connection)
-        connection.execute(sa.delete(runs).where(runs.c.sweep_id == sweep_id))
+        self.store.upsert_many({"sweeps": sweep}, connection)
+        connection.execute(sa.delete(runs).where(runs.c.sweep_id == sweep["sweep_id"][0]))
 
     # -- the scheduler lock -------------------------------------------------------------------
     def acquire_lock(self, name: str, holder: str, expires_at: datetime, is_dead: Callable[[dict], bool]) -> str | None:

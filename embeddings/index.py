@@ -1,7 +1,10 @@
 """The SPU index: FAISS over SPU vectors, stable int64 ids mapped to spu_id, metadata in parquet.
 
 Inner product on L2-normalised vectors (= cosine). The FAISS structure is chosen by size: exact
-(``flat``) below ``EXACT_BELOW`` vectors, ``hnsw`` above; ``ivfpq`` on request for memory-bound books.
+(``flat``) below ``EXACT_BELOW`` vectors, ``hnsw`` above; on request for memory-bound catalogues ``ivfsq``
+(inverted lists of 8-bit scalar-quantised vectors: a quarter of flat's memory, recall@10 0.97 on the
+index bench) or ``ivfpq`` (product-quantised codes, 64 bytes a vector: the smallest, but recall@10
+under 0.5 on the bench's vectors, so only where memory rules everything else out).
 
 On disk a saved index is a folder with ``manifest.json`` pointing at one generation of files
 (``index-<gen>.faiss``, ``meta-<gen>.parquet``). A save writes a new generation, then swaps the
@@ -21,7 +24,8 @@ import polars as pl
 from data.files import write_atomic
 
 EXACT_BELOW = 50_000
-KINDS = ("auto", "flat", "hnsw", "ivfpq")
+KINDS = ("auto", "flat", "hnsw", "ivfsq", "ivfpq")
+IVF_KINDS = ("ivfsq", "ivfpq")  # trained on the vectors, and keep our ids in a hashtable direct map
 FORMAT_VERSION = 1
 
 
@@ -63,11 +67,18 @@ class SpuIndex:
         else:
             # FAISS wants ~39 training points per centroid, for the lists and for each PQ codebook.
             nlist = int(np.clip(np.sqrt(len(train)), 1, max(1, len(train) // 39)))
-            bits = int(np.clip(np.floor(np.log2(max(len(train), 1) / 39)), 1, 8))
-            sub = next(m for m in (64, 48, 32, 16, 8, 4, 2, 1) if self.dim % m == 0)
-            base = faiss.IndexIVFPQ(faiss.IndexFlatIP(self.dim), self.dim, nlist, sub, bits,
-                                    faiss.METRIC_INNER_PRODUCT)
+            if kind == "ivfsq":
+                base = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(self.dim), self.dim, nlist,
+                                                     faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+            else:
+                bits = int(np.clip(np.floor(np.log2(max(len(train), 1) / 39)), 1, 8))
+                sub = next(m for m in (64, 48, 32, 16, 8, 4, 2, 1) if self.dim % m == 0)
+                base = faiss.IndexIVFPQ(faiss.IndexFlatIP(self.dim), self.dim, nlist, sub, bits,
+                                        faiss.METRIC_INNER_PRODUCT)
             base.train(train)
+            # a fifth of the lists at least: at 2M vectors and 316 lists, 16 of them found 0.88 of the true
+            # top 10 and 63 found 0.97 (bench/index.py --from-shards)
+            self.nprobe = max(self.nprobe, nlist // 5)
             base.nprobe = self.nprobe
             base.set_direct_map_type(faiss.DirectMap.Hashtable)  # IVF keeps our ids: reconstruct/remove by id
             return base
@@ -124,7 +135,7 @@ class SpuIndex:
         else:
             ids = np.ascontiguousarray(ids, dtype=np.int64)
             # IVF's hashtable direct map removes only by an explicit id array.
-            selector = faiss.IDSelectorArray(len(ids), faiss.swig_ptr(ids)) if self._built_kind == "ivfpq" else ids
+            selector = faiss.IDSelectorArray(len(ids), faiss.swig_ptr(ids)) if self._built_kind in IVF_KINDS else ids
             self._index.remove_ids(selector)
             self.meta = self.meta.filter(~pl.col("spu_id").is_in(spu_ids))
 
@@ -143,18 +154,18 @@ class SpuIndex:
         ids = np.concatenate([old_ids, extra[0]]).astype(np.int64)
         vectors = np.concatenate([old, extra[1]])
         kind = self.resolved_kind(len(ids))
-        self._index = self._new_index(kind, train=vectors if kind == "ivfpq" else None)
+        self._index = self._new_index(kind, train=vectors if kind in IVF_KINDS else None)
         self._kind_built = kind
         if len(ids):
             self._index.add_with_ids(vectors, ids)
 
     @classmethod
-    def from_shards(cls, shards: list[Path], fingerprint: str, kind: str = "ivfpq", *, column: str = "content",
+    def from_shards(cls, shards: list[Path], fingerprint: str, kind: str = "ivfsq", *, column: str = "content",
                     sample: int = 100_000, seed: int = 0, log=None) -> "SpuIndex":
         """An index over vector shards (``embeddings.backfill``) without holding every vector at once: the
         coarse quantiser and PQ codebooks are trained on a sample drawn from every shard in proportion,
         then the shards are added one by one. ``kind`` flat or hnsw keeps full vectors (memory grows with
-        the catalogue); ivfpq keeps codes."""
+        the catalogue); ivfsq keeps a byte a dimension, ivfpq 64 bytes a vector."""
         import pyarrow.parquet as pq
 
         rows = [pq.ParquetFile(s).metadata.num_rows for s in shards]
@@ -168,7 +179,7 @@ class SpuIndex:
         index = cls(dtype.size, fingerprint, kind)
         resolved = index.resolved_kind(total)
         train = None
-        if resolved == "ivfpq":
+        if resolved in IVF_KINDS:
             parts = []
             for shard, n in zip(shards, rows):
                 take = min(n, int(np.ceil(sample * n / total)))
@@ -301,7 +312,7 @@ class SpuIndex:
         """Search-time settings a saved FAISS index does not carry."""
         if self._kind_built == "hnsw":
             faiss.downcast_index(self._index.index).hnsw.efSearch = self.ef_search
-        elif self._kind_built == "ivfpq":
+        elif self._kind_built in IVF_KINDS:
             self._index.nprobe = self.nprobe
 
     # An index inside a pickled model (the value heads' comparables): FAISS objects do not pickle, their

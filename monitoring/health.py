@@ -224,6 +224,39 @@ def score_book(positions: pl.DataFrame | pl.LazyFrame, market: pl.DataFrame | pl
     return frame.select(RESULT_COLUMNS)
 
 
+def spu_ranges(spu_ids: pl.Series, parts: int) -> list[tuple[str, str | None]]:
+    """[lo, hi) ranges of sorted SPU ids, ``parts`` of them with about as many SPUs each (hi None: to the end)."""
+    ids = spu_ids.unique().sort()
+    if ids.len() == 0:
+        return []
+    starts = np.unique(np.linspace(0, ids.len(), max(1, parts) + 1)[:-1].astype(int))
+    lows = ids.gather(starts).to_list()
+    return list(zip(lows, lows[1:] + [None]))
+
+
+def score_book_in_parts(positions: pl.LazyFrame | pl.DataFrame, market: pl.LazyFrame | pl.DataFrame, as_of: date,
+                        config: dict | None = None, *, parts: int, model_values: pl.DataFrame | None = None,
+                        previous: pl.DataFrame | None = None, warning=None):
+    """score_book over a range of SPUs at a time: a part's positions and its SPUs' market (with the
+    comparables' the early warning reads) are all that is held at once, so a book bigger than memory is
+    scored by a lazy source (``pl.scan_parquet``) part by part. A position's score depends only on its own
+    SPU's market and its comparables', so the parts' results are the whole book's. Yields each part's
+    results."""
+    positions, market = positions.lazy(), market.lazy()
+    neighbours = getattr(warning, "neighbours", None)
+    spus = positions.select("spu_id").unique().collect()["spu_id"]
+    for low, high in spu_ranges(spus, parts):
+        in_range = (pl.col("spu_id") >= pl.lit(low)) & ((pl.col("spu_id") < pl.lit(high)) if high is not None else True)
+        book = positions.filter(in_range).collect()
+        wanted = book["spu_id"].unique()
+        if neighbours is not None:
+            wanted = pl.concat([wanted, neighbours.filter(pl.col("spu_id").is_in(wanted.implode()))["neighbour"]]).unique()
+        part_market = market.filter(pl.col("spu_id").is_in(wanted.implode())).collect()
+        mine = None if previous is None else previous.filter(pl.col("position_id").is_in(book["position_id"].implode()))
+        values = None if model_values is None else model_values.filter(pl.col("spu_id").is_in(wanted.implode()))
+        yield score_book(book, part_market, as_of, config, values, mine, warning)
+
+
 def _with_alerts(frame: pl.DataFrame, previous: pl.DataFrame | None) -> pl.DataFrame:
     """previous_action and alert: an alert only when the action worsens (a first non-ok action counts), so
     no repeated alarms."""

@@ -88,9 +88,10 @@ def monitor_for(store: Store, model_ref: str | None = None, config_path: Path | 
                    warning=model.warning if model else None)
 
 
-def sweep_with_report(monitor: Monitor, as_of: date | None = None, reports: Path = REPORTS) -> tuple[SweepOutcome, Path]:
-    """Run (or find) the sweep of ``as_of`` and write its HTML report."""
-    outcome = monitor.run_sweep(as_of)
+def sweep_with_report(monitor: Monitor, as_of: date | None = None, reports: Path = REPORTS,
+                      parts: int | None = None) -> tuple[SweepOutcome, Path]:
+    """Run (or find) the sweep of ``as_of`` (in ``parts`` SPU ranges, if given) and write its HTML report."""
+    outcome = monitor.run_sweep(as_of, parts=parts)
     store = monitor.store
     results = (monitor.results(outcome.sweep_id)
                .join(store.read("spus").select("spu_id", "title"), on="spu_id", how="left", maintain_order="left"))

@@ -24,7 +24,7 @@ import polars as pl
 from data import Store
 from data.health_log import HealthLog
 from data.sweeps import SweepStore
-from monitoring.health import load_config, score_book
+from monitoring.health import load_config, score_book, spu_ranges
 
 LOCK_NAME = "sweep"
 LOCK_TTL = timedelta(minutes=30)
@@ -129,8 +129,10 @@ class Monitor:
 
     # -- sweeping -----------------------------------------------------------------------------
     def run_sweep(self, as_of: date | None = None, *, market: pl.DataFrame | None = None,
-                  positions: pl.DataFrame | None = None) -> SweepOutcome:
-        """Score every position as of ``as_of`` (default: the latest market date) and store it."""
+                  positions: pl.DataFrame | None = None, parts: int | None = None) -> SweepOutcome:
+        """Score every position as of ``as_of`` (default: the latest market date) and store it. ``parts``: read,
+        score and write the book a range of SPUs at a time (``health.score_book_in_parts``), for a book
+        bigger than memory; still one transaction, so the sweep is all or nothing."""
         as_of = as_of or self.latest_market_date()
         if as_of is None:
             raise ValueError("no market data in the store: load market snapshots first")
@@ -152,14 +154,19 @@ class Monitor:
             # de-duplicated against (each position's last sweep or market event) can change meanwhile; market
             # updates wait for the sweep (seconds), and their re-scores then start from it
             with self.log.gate() as connection:
-                positions = positions if positions is not None else self.store.read("positions")
-                if market is None:
-                    market = self.sweeps.market(until=as_of)
-                previous = self.log.latest_actions(connection, as_of, same_day=False)
-                results = self.score(positions, market, as_of, previous)
-                summary = summarise(results)
-                self._write(connection, sweep_id, as_of, started, results, summary)
-            return SweepOutcome(sweep_id, as_of, True, results.height, int(results["alert"].sum()), summary)
+                if parts and positions is None and market is None:
+                    summaries = [self._write_results(connection, sweep_id, as_of, results)
+                                 for results in self._score_parts(connection, as_of, parts)]
+                    summary = merge_summaries(summaries)
+                else:
+                    positions = positions if positions is not None else self.store.read("positions")
+                    if market is None:
+                        market = self.sweeps.market(until=as_of)
+                    previous = self.log.latest_actions(connection, as_of, same_day=False)
+                    summary = self._write_results(connection, sweep_id, as_of, self.score(positions, market, as_of,
+                                                                                          previous))
+                self._complete(connection, sweep_id, as_of, started, summary)
+            return SweepOutcome(sweep_id, as_of, True, summary["positions"], summary["alerts"], summary)
         finally:
             self._release()
 
@@ -174,8 +181,22 @@ class Monitor:
                 model_values = self.value_fn(stale)
         return score_book(positions, market, as_of, self.config, model_values, previous, self.warning)
 
-    def _write(self, connection, sweep_id: str, as_of: date, started: datetime, results: pl.DataFrame,
-               summary: dict) -> None:
+    def _score_parts(self, connection, as_of: date, parts: int):
+        """Each SPU range's results: its positions, its SPUs' market (and their comparables'), and what its
+        alerts compare with, read from the store one range at a time."""
+        neighbours = getattr(self.warning, "neighbours", None)
+        for low, high in spu_ranges(self.sweeps.book_spus(connection), parts):
+            positions = self.sweeps.positions_between(connection, low, high)
+            spus = positions["spu_id"].unique().to_list()
+            if neighbours is not None:
+                spus += neighbours.filter(pl.col("spu_id").is_in(spus))["neighbour"].to_list()
+            market = self.log.market_of(connection, spus, until=as_of)
+            previous = self.log.latest_actions(connection, as_of, same_day=False,
+                                               position_ids=positions["position_id"].to_list())
+            yield self.score(positions, market, as_of, previous)
+
+    def _write_results(self, connection, sweep_id: str, as_of: date, results: pl.DataFrame) -> dict:
+        """A sweep's (or a part's) results, alerts, outbox rows and position states; returns its summary."""
         stored = results.select(pl.lit(sweep_id).alias("sweep_id"), "position_id", "spu_id", "unit_value",
                                 "value_source", "value_low", "value_high", "collateral_value", "ltv", "price_change",
                                 "velocity_trend", "volatility", "days_to_liquidate", "health", "grade", "action",
@@ -183,13 +204,17 @@ class Monitor:
         alerts = results.filter(pl.col("alert")).select(
             pl.lit(sweep_id).alias("sweep_id"), "position_id", pl.lit(as_of).alias("as_of"), "action",
             "previous_action", reasons_json().alias("reasons"))
-        sweep = pl.DataFrame({"sweep_id": [sweep_id], "as_of": [as_of], "status": ["completed"],
-                              "started_at": [started], "completed_at": [datetime.now()],
-                              "n_positions": [results.height], "n_alerts": [alerts.height],
-                              "summary": [json.dumps(summary, default=str)]})
-        self.sweeps.write_sweep(stored, alerts, sweep, connection)
+        self.sweeps.write_results(stored, alerts, connection)
         self.log.set_state(connection, results.select("position_id", pl.lit(as_of).alias("as_of"), "grade", "action"))
         self.log.add_alerts(connection, outbox_rows(results.filter(pl.col("alert")), "sweep", sweep_id, as_of))
+        return summarise(results)
+
+    def _complete(self, connection, sweep_id: str, as_of: date, started: datetime, summary: dict) -> None:
+        sweep = pl.DataFrame({"sweep_id": [sweep_id], "as_of": [as_of], "status": ["completed"],
+                              "started_at": [started], "completed_at": [datetime.now()],
+                              "n_positions": [summary["positions"]], "n_alerts": [summary["alerts"]],
+                              "summary": [json.dumps(summary, default=str)]})
+        self.sweeps.complete_sweep(sweep, connection)
 
     # -- the lock -----------------------------------------------------------------------------
     def _acquire(self) -> None:
@@ -246,6 +271,21 @@ def outbox_rows(alerts: pl.DataFrame, trigger: str, source_id: str, as_of: date,
         "action", "previous_action", reasons_json().alias("reasons"),
         (observation if observation is not None else pl.lit(None, dtype=pl.String)).alias("observation"),
         pl.lit(datetime.now()).alias("created_at"))
+
+
+def merge_summaries(parts: list[dict]) -> dict:
+    """The summary of a sweep written in parts: what ``summarise`` gives for all their results at once."""
+    merged = {"positions": 0, "loan_amount": 0.0, "collateral_value": 0.0, "grades": {}, "actions": {}, "alerts": 0,
+              "stale_prices": 0}
+    for part in parts:
+        for key in ("positions", "loan_amount", "collateral_value", "alerts", "stale_prices"):
+            merged[key] += part[key]
+        for key in ("grades", "actions"):
+            for name, n in part[key].items():
+                merged[key][name] = merged[key].get(name, 0) + n
+    merged["grades"] = dict(sorted(merged["grades"].items()))
+    merged["actions"] = dict(sorted(merged["actions"].items()))
+    return merged
 
 
 def summarise(results: pl.DataFrame) -> dict:

@@ -50,9 +50,11 @@ def index_build(
     config: ConfigOption = DEFAULT_ENCODER,
     checkpoint: Annotated[Optional[Path], typer.Option(help="Trained tower weights (default: "
                                                             f"{DEFAULT_TOWER} when it exists).")] = None,
-    kind: Annotated[str, typer.Option(help="auto | flat | hnsw | ivfpq")] = "auto",
+    kind: Annotated[str, typer.Option(help="auto | flat | hnsw | ivfsq | ivfpq (auto: flat or hnsw by size; "
+                                           "ivfsq from --vectors).")] = "auto",
     cache: CacheOption = DEFAULT_CACHE,
-    sample: Annotated[int, typer.Option(help="--vectors: vectors drawn to train IVF-PQ.")] = 100_000,
+    sample: Annotated[int, typer.Option(help="--vectors: vectors drawn to train the IVF lists and quantiser.")]
+    = 100_000,
 ) -> None:
     """Embed every SPU (or take the backfilled vectors) and write the FAISS SPU index (atomically)."""
     if sum(x is not None for x in (catalog, online_retail, vectors)) != 1:
@@ -86,7 +88,7 @@ def _index_from_shards(vectors: Path, out: Path, kind: str, sample: int) -> None
         shards = vector_shards(vectors)
         fingerprint = json.loads((vectors / MANIFEST).read_text())["fingerprint"]
         started = time.perf_counter()
-        index = SpuIndex.from_shards(shards, fingerprint, "ivfpq" if kind == "auto" else kind, sample=sample)
+        index = SpuIndex.from_shards(shards, fingerprint, "ivfsq" if kind == "auto" else kind, sample=sample)
     except (BackfillError, ValueError) as exc:
         fail(str(exc))
     build_s = time.perf_counter() - started

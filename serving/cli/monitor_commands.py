@@ -22,6 +22,9 @@ def sweep(
     reports: Annotated[Path, typer.Option(help="Folder for the HTML report.")] = Path("var/reports"),
     config: Annotated[Optional[Path], typer.Option(help="Monitor thresholds (default monitoring/monitor.toml).")]
     = None,
+    parts: Annotated[Optional[int], typer.Option(min=1, help="Score the book this many SPU ranges at a time, for "
+                                                             "a book bigger than memory (still all or nothing).")]
+    = None,
 ) -> None:
     """Re-score every open position as of a date, store results and alerts, write the HTML report.
     Safe for cron/Airflow: the same as-of twice changes nothing; a lock keeps two runs apart."""
@@ -33,7 +36,7 @@ def sweep(
     except ValueError:
         fail(f"--as-of: not an ISO date: {as_of!r}")
     try:
-        outcome, path = sweep_with_report(monitor_for(Store(db), model, config), when, reports)
+        outcome, path = sweep_with_report(monitor_for(Store(db), model, config), when, reports, parts=parts)
     except (SweepLocked, ValueError, LookupError) as exc:
         fail(str(exc))
     verb = "swept" if outcome.created else "already swept (nothing changed)"
