@@ -137,13 +137,19 @@ def batch_counts(port: int) -> dict[str, float]:
     return counts
 
 
+def _name_value(text: str) -> str:
+    if "=" not in text or not text.split("=", 1)[0]:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=20, help="per closed-loop phase, and per open-loop phase")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rate", type=float, default=100, help="open-loop arrivals per second")
     parser.add_argument("--model", default="pledgeval:latest")
-    parser.add_argument("--service-env", action="append", default=[], metavar="NAME=VALUE",
+    parser.add_argument("--service-env", action="append", default=[], metavar="NAME=VALUE", type=_name_value,
                         help="environment of both servers, e.g. PLEDGEVAL_ACCESS_LOG=off (repeatable)")
     args = parser.parse_args()
     os.environ.setdefault("BENTOML_HOME", str(ROOT / "var" / "bentoml"))

@@ -126,6 +126,7 @@ class PledgeService:
         self.monitor_config = load_config(os.environ.get("PLEDGEVAL_MONITOR_CONFIG"))
         self.monitor = Monitor(self.store, self.monitor_config, value_function(self.model), warning=self.model.warning)
         self.delivery = self._alert_delivery()
+        self._completed_sweeps: dict[str, dict] = {}  # GET /sweeps/{id} of completed sweeps, the latest few
         SERVICE_STATE["service"] = self
         if os.environ.get("PLEDGEVAL_SCHEDULE", "on") != "off":
             threading.Thread(target=self._scheduler, name="sweep-scheduler", daemon=True).start()
@@ -296,6 +297,13 @@ class PledgeService:
             raise BentoMLException(f"unknown sweep_id '{sweep_id}'", error_code=HTTPStatus.NOT_FOUND)
         if status["status"] != "completed":
             return json.loads(json.dumps(status, default=str))
+        if sweep_id not in self._completed_sweeps:  # a completed sweep never changes: worked out once
+            if len(self._completed_sweeps) >= 8:
+                self._completed_sweeps.pop(next(iter(self._completed_sweeps)))
+            self._completed_sweeps[sweep_id] = self._completed_status(sweep_id, status)
+        return self._completed_sweeps[sweep_id]
+
+    def _completed_status(self, sweep_id: str, status: dict) -> dict:
         from monitoring.report import at_risk
 
         book = at_risk(self.monitor.results(sweep_id))
