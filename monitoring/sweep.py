@@ -132,7 +132,11 @@ class Monitor:
                   positions: pl.DataFrame | None = None, parts: int | None = None) -> SweepOutcome:
         """Score every position as of ``as_of`` (default: the latest market date) and store it. ``parts``: read,
         score and write the book a range of SPUs at a time (``health.score_book_in_parts``), for a book
-        bigger than memory; still one transaction, so the sweep is all or nothing."""
+        bigger than memory; still one transaction, so the sweep is all or nothing. Default: ``[sweep] parts``
+        of the config."""
+        if parts is None:
+            parts = self.config.get("sweep", {}).get("parts", 1)
+        parts = parts if parts and parts > 1 else None
         as_of = as_of or self.latest_market_date()
         if as_of is None:
             raise ValueError("no market data in the store: load market snapshots first")

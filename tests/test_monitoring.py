@@ -216,7 +216,14 @@ def test_a_sweep_in_parts_stores_what_the_whole_book_at_once_does(tmp_path):
         store.upsert("market", market)
         store.upsert("positions", pl.concat([book(position_id=f"P{i}", spu_id=s, loan_amount=500.0 + 100 * i)
                                              for i, s in enumerate(spus * 2)]))
-        outcome = Monitor(store).run_sweep(AS_OF, parts=parts)
+        config = load_config()
+        config["sweep"]["parts"] = parts or 1  # the service's sweeps take it from monitor.toml
+        monitor = Monitor(store, config)
+        ranges = []
+        real = monitor._score_parts
+        monitor._score_parts = lambda *a: (ranges.append(r) or r for r in real(*a))
+        outcome = monitor.run_sweep(AS_OF)
+        assert len(ranges) == (parts or 0)  # the parts were scored one at a time
         outcomes.append(outcome)
         results.append(store.read("sweep_results").drop("sweep_id").sort("position_id"))
         assert store.count("alert_outbox") == outcome.n_alerts == store.count("alerts")
