@@ -27,8 +27,8 @@ from data.store import CHUNK, Store
 
 EVENT_COLUMNS = ("event_id", "position_id", "spu_id", "as_of", "trigger", "observation", "unit_value",
                  "value_source", "value_low", "value_high", "collateral_value", "ltv", "price_change", "velocity_trend",
-                 "days_to_liquidate",
-                 "health", "grade", "action", "previous_action", "reasons", "p_loss", "changed", "created_at")
+                 "days_to_liquidate", "health", "grade", "action", "previous_action", "reasons", "p_loss", "changed",
+                 "created_at")
 ALERT_COLUMNS = ("alert_key", "position_id", "spu_id", "trigger", "source_id", "as_of", "action", "previous_action",
                  "reasons", "observation", "created_at")
 FEED_COLUMNS = ("seq",) + ALERT_COLUMNS + ("attempts", "delivered_at", "last_error")
@@ -52,23 +52,26 @@ class HealthLog:
             connection.execute(sa.update(gate).where(gate.c.name == "alerts").values(turns=gate.c.turns + 1))
             yield connection
 
+    @contextmanager
+    def _reading(self, connection: sa.Connection | None) -> Iterator[sa.Connection]:
+        """The caller's connection (inside its transaction), or one of our own to read outside any."""
+        if connection is not None:
+            yield connection
+            return
+        with self.store.engine.connect() as own:
+            yield own
+
     def turn(self, connection: sa.Connection | None = None) -> int:
         """The gate's turn count: inside the gate, this transaction's own turn."""
         gate = self._table("write_gate")
-        query = sa.select(gate.c.turns).where(gate.c.name == "alerts")
-        if connection is not None:
-            return connection.execute(query).scalar_one()
-        with self.store.engine.connect() as own:
-            return own.execute(query).scalar_one()
+        with self._reading(connection) as reading:
+            return reading.execute(sa.select(gate.c.turns).where(gate.c.name == "alerts")).scalar_one()
 
     def touched_since(self, connection: sa.Connection, spu_ids: list[str], turn: int) -> list[str]:
         """Of these SPUs, those whose market a transaction after ``turn`` changed."""
         table = self._table("market_turns")
-        found: list[str] = []
-        for part in _chunks(sorted(set(spu_ids))):
-            found += [r[0] for r in _fetch(connection, sa.select(table.c.spu_id).where(table.c.spu_id.in_(part))
-                                           .where(table.c.turn > turn))]
-        return found
+        query = sa.select(table.c.spu_id).where(table.c.turn > turn)
+        return _read_rows(connection, query, table.c.spu_id, spu_ids, {"spu_id": pl.String})["spu_id"].to_list()
 
     def mark_touched(self, connection: sa.Connection, spu_ids: list[str], turn: int) -> None:
         _bulk_insert(connection, self._table("market_turns"),
@@ -80,53 +83,36 @@ class HealthLog:
     def market_of(self, connection: sa.Connection | None, spu_ids: list[str], until: date | None = None) -> pl.DataFrame:
         """spu_id, date, price, units_sold of these SPUs' market days (up to ``until``); outside a
         transaction when ``connection`` is None."""
-        if connection is None:
-            with self.store.engine.connect() as own:
-                return self.market_of(own, spu_ids, until)
         market = self._table("market")
-        rows = []
-        for part in _chunks(sorted(set(spu_ids))):
-            query = sa.select(market.c.spu_id, market.c.date, market.c.price, market.c.units_sold).where(
-                market.c.spu_id.in_(part))
-            if until is not None:
-                query = query.where(market.c.date <= until)
-            rows.extend(_fetch(connection, query))
-        return _frame(rows, MARKET_SCHEMA)
+        query = sa.select(market.c.spu_id, market.c.date, market.c.price, market.c.units_sold)
+        if until is not None:
+            query = query.where(market.c.date <= until)
+        with self._reading(connection) as reading:
+            return _read_rows(reading, query, market.c.spu_id, spu_ids, MARKET_SCHEMA)
 
     def first_market_dates(self, spu_ids: list[str]) -> dict[str, date]:
         market = self._table("market")
-        found = {}
-        with self.store.engine.connect() as connection:
-            for part in _chunks(sorted(set(spu_ids))):
-                found.update(connection.execute(sa.select(market.c.spu_id, sa.func.min(market.c.date))
-                                                .where(market.c.spu_id.in_(part)).group_by(market.c.spu_id)).all())
-        return found
+        query = sa.select(market.c.spu_id, sa.func.min(market.c.date)).group_by(market.c.spu_id)
+        with self._reading(None) as reading:
+            first = _read_rows(reading, query, market.c.spu_id, spu_ids, {"spu_id": pl.String, "first": pl.Date})
+        return dict(first.iter_rows())
 
     def known_spus(self, spu_ids: list[str]) -> set[str]:
         spus = self._table("spus")
-        found: set[str] = set()
-        with self.store.engine.connect() as connection:
-            for part in _chunks(sorted(set(spu_ids))):
-                found.update(connection.execute(sa.select(spus.c.spu_id).where(spus.c.spu_id.in_(part))).scalars())
-        return found
+        with self._reading(None) as reading:
+            known = _read_rows(reading, sa.select(spus.c.spu_id), spus.c.spu_id, spu_ids, {"spu_id": pl.String})
+        return set(known["spu_id"].to_list())
 
     def last_market_date(self, connection: sa.Connection | None = None) -> date | None:
         market = self._table("market")
-        if connection is None:
-            with self.store.engine.connect() as own:
-                return self.last_market_date(own)
-        return connection.execute(sa.select(sa.func.max(market.c.date))).scalar()
+        with self._reading(connection) as reading:
+            return reading.execute(sa.select(sa.func.max(market.c.date))).scalar()
 
     def positions_on(self, connection: sa.Connection | None, spu_ids: list[str]) -> pl.DataFrame:
-        if connection is None:
-            with self.store.engine.connect() as own:
-                return self.positions_on(own, spu_ids)
         positions = self._table("positions")
-        columns = [positions.c[c] for c in POSITIONS.column_names]
-        rows = []
-        for part in _chunks(sorted(set(spu_ids))):
-            rows.extend(_fetch(connection, sa.select(*columns).where(positions.c.spu_id.in_(part))))
-        return _frame(rows, POSITIONS.polars_schema).sort("position_id")
+        query = sa.select(*[positions.c[c] for c in POSITIONS.column_names])
+        with self._reading(connection) as reading:
+            return _read_rows(reading, query, positions.c.spu_id, spu_ids, POSITIONS.polars_schema).sort("position_id")
 
     # -- what alerts are de-duplicated against ------------------------------------------------
     def latest_actions(self, connection: sa.Connection, as_of: date, *, same_day: bool,
@@ -149,13 +135,14 @@ class HealthLog:
         swept = _read_rows(connection, query, results.c.position_id, position_ids, schema)
         return pl.concat([latest, swept.join(latest, on="position_id", how="anti")])
 
-    def set_state(self, connection: sa.Connection, frame: pl.DataFrame) -> None:
-        """position_id, as_of, grade, action: each position's state moves forward only (a sweep of an
-        earlier day leaves a newer state as it is)."""
-        if frame.height == 0:
+    def set_state(self, connection: sa.Connection, results: pl.DataFrame, as_of: date) -> None:
+        """Each scored position's grade and action as of ``as_of`` become its state, which moves forward only
+        (a sweep of an earlier day leaves a newer state as it is)."""
+        if results.height == 0:
             return
         _bulk_insert(connection, self._table("position_state"),
-                     frame.select("position_id", "as_of", "grade", "action", pl.lit(datetime.now()).alias("updated_at")),
+                     results.select("position_id", pl.lit(as_of).alias("as_of"), "grade", "action",
+                                    pl.lit(datetime.now()).alias("updated_at")),
                      'ON CONFLICT ("position_id") DO UPDATE SET "as_of" = excluded."as_of", "grade" = excluded."grade", '
                      '"action" = excluded."action", "updated_at" = excluded."updated_at" '
                      'WHERE position_state."as_of" <= excluded."as_of"')
@@ -195,13 +182,6 @@ class HealthLog:
         with self.store.engine.connect() as connection:
             rows = connection.execute(query).mappings().all()
         return [_decoded(dict(r)) for r in rows]
-
-    def last_seqs(self) -> dict[str, int]:
-        """The newest alert and change cursors: where a poller that wants only what comes next starts."""
-        outbox, events = self._table("alert_outbox"), self._table("health_events")
-        with self.store.engine.connect() as connection:
-            return {"alerts": connection.execute(sa.select(sa.func.max(outbox.c.seq))).scalar() or 0,
-                    "changes": connection.execute(sa.select(sa.func.max(events.c.seq))).scalar() or 0}
 
     def events_of(self, position_id: str) -> pl.DataFrame:
         frame = self.store.read("health_events", self._table("health_events").c.position_id == position_id)
@@ -261,6 +241,7 @@ def _chunks(values: list, size: int = 900) -> Iterator[list]:
 
 
 def _read_rows(connection: sa.Connection, query, key: sa.Column, keys: list[str] | None, schema: dict) -> pl.DataFrame:
+    """``query``'s rows (all, or those whose ``key`` is one of ``keys``, asked in chunks) as a frame."""
     if keys is None:
         rows = _fetch(connection, query)
     else:

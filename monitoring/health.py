@@ -224,6 +224,15 @@ def score_book(positions: pl.DataFrame | pl.LazyFrame, market: pl.DataFrame | pl
     return frame.select(RESULT_COLUMNS)
 
 
+def with_comparables(spu_ids: list[str], warning) -> list[str]:
+    """The SPUs and, where the early warning averages over comparables, theirs: all the market scoring
+    them reads. Sorted, each once."""
+    neighbours = getattr(warning, "neighbours", None)
+    if neighbours is None:
+        return sorted(set(spu_ids))
+    return sorted(set(spu_ids) | set(neighbours.filter(pl.col("spu_id").is_in(list(spu_ids)))["neighbour"].to_list()))
+
+
 def spu_ranges(spu_ids: pl.Series, parts: int) -> list[tuple[str, str | None]]:
     """[lo, hi) ranges of sorted SPU ids, ``parts`` of them with about as many SPUs each (hi None: to the end)."""
     ids = spu_ids.unique().sort()
@@ -243,17 +252,14 @@ def score_book_in_parts(positions: pl.LazyFrame | pl.DataFrame, market: pl.LazyF
     SPU's market and its comparables', so the parts' results are the whole book's. Yields each part's
     results."""
     positions, market = positions.lazy(), market.lazy()
-    neighbours = getattr(warning, "neighbours", None)
     spus = positions.select("spu_id").unique().collect()["spu_id"]
     for low, high in spu_ranges(spus, parts):
         in_range = (pl.col("spu_id") >= pl.lit(low)) & ((pl.col("spu_id") < pl.lit(high)) if high is not None else True)
         book = positions.filter(in_range).collect()
-        wanted = book["spu_id"].unique()
-        if neighbours is not None:
-            wanted = pl.concat([wanted, neighbours.filter(pl.col("spu_id").is_in(wanted.implode()))["neighbour"]]).unique()
-        part_market = market.filter(pl.col("spu_id").is_in(wanted.implode())).collect()
+        wanted = with_comparables(book["spu_id"].unique().to_list(), warning)
+        part_market = market.filter(pl.col("spu_id").is_in(wanted)).collect()
         mine = None if previous is None else previous.filter(pl.col("position_id").is_in(book["position_id"].implode()))
-        values = None if model_values is None else model_values.filter(pl.col("spu_id").is_in(wanted.implode()))
+        values = None if model_values is None else model_values.filter(pl.col("spu_id").is_in(wanted))
         yield score_book(book, part_market, as_of, config, values, mine, warning)
 
 

@@ -23,7 +23,7 @@ from datetime import date, datetime
 import polars as pl
 
 from data.schemas import MARKET
-from monitoring.health import realert
+from monitoring.health import realert, with_comparables
 from monitoring.sweep import Monitor, outbox_rows, reasons_json
 
 MAX_OBSERVATIONS = 5_000  # per call: a bigger feed is sent in several batches
@@ -121,7 +121,7 @@ def apply_market_updates(monitor: Monitor, items: list[dict] | pl.DataFrame, *, 
     outcome = MarketUpdate(received=frame.height, errors=errors)
     if good.height == 0:
         return outcome
-    read_spus = _with_comparables(monitor, good["spu_id"].unique().to_list())
+    read_spus = with_comparables(good["spu_id"].unique().to_list(), monitor.warning)
     turn = log.turn()
     update = _Update(monitor, good, log.market_of(None, read_spus), log.last_market_date(), today)
     if update.changed.height == 0:
@@ -131,8 +131,9 @@ def apply_market_updates(monitor: Monitor, items: list[dict] | pl.DataFrame, *, 
     with log.gate() as connection:
         mine = log.turn(connection)
         stale = log.touched_since(connection, read_spus, turn) if mine != turn + 1 else []
-        if stale or log.last_market_date(connection) != update.last_day:
-            update.refresh(connection, stale, log.last_market_date(connection))
+        last_day = log.last_market_date(connection)
+        if stale or last_day != update.last_day:
+            update.refresh(connection, stale, last_day)
         outcome.applied, outcome.unchanged = update.changed.height, good.height - update.changed.height
         if update.changed.height == 0:
             return outcome
@@ -202,15 +203,6 @@ class _Update:
         self.score(positions, [s for s in self.moved if s in touched])
 
 
-def _with_comparables(monitor: Monitor, spus: list[str]) -> list[str]:
-    """The SPUs and, where the early warning averages over comparables, theirs: all the market it reads."""
-    neighbours = getattr(monitor.warning, "neighbours", None)
-    if neighbours is None:
-        return sorted(spus)
-    comparables = neighbours.filter(pl.col("spu_id").is_in(spus))["neighbour"].unique().to_list()
-    return sorted(set(spus) | set(comparables))
-
-
 def _write_event(log, connection, event_id: str, update: _Update, results: pl.DataFrame,
                  previous: pl.DataFrame) -> None:
     results = (results.join(_observations_json(update.changed), on="spu_id", how="left", maintain_order="left")
@@ -225,7 +217,7 @@ def _write_event(log, connection, event_id: str, update: _Update, results: pl.Da
         ((pl.col("grade") != pl.col("_previous_grade")).fill_null(True)
          | (pl.col("action") != pl.col("previous_action")).fill_null(True)).alias("changed"),
         pl.lit(datetime.now()).alias("created_at")))
-    log.set_state(connection, results.select("position_id", pl.lit(as_of).alias("as_of"), "grade", "action"))
+    log.set_state(connection, results, as_of)
     log.add_alerts(connection, outbox_rows(results.filter(pl.col("alert")), "market", event_id, as_of,
                                            pl.col("observation")))
 

@@ -26,7 +26,7 @@ import polars as pl
 from data import Store
 from data.market import derive_market
 from monitoring.events import PRE_WEEKS, daily_matrix, loss_events, pledge_book
-from monitoring.health import load_config, score_book
+from monitoring.health import load_config, score_book, with_comparables
 from monitoring.sweep import Monitor
 
 MIN_LEAD_DAYS = 7
@@ -163,9 +163,7 @@ def replay(orders: pl.DataFrame, pledge: date, until: date, config: dict | None 
     events = loss_events(market, book, pledge, until)
     spus = book["spu_id"].to_list()
     # comparables need their own market rows; without them only the book's SPUs are read
-    neighbours = getattr(warning, "neighbours", None)
-    wanted = set(spus) | (set(neighbours["neighbour"].to_list()) if neighbours is not None else set())
-    relevant = market.filter(pl.col("spu_id").is_in(list(wanted)))
+    relevant = market.filter(pl.col("spu_id").is_in(with_comparables(spus, warning)))
     with tempfile.TemporaryDirectory() as folder:
         store = Store(store_url or f"sqlite:///{Path(folder) / 'replay.db'}")
         monitor = Monitor(store, config, warning=warning)

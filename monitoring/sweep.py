@@ -24,7 +24,7 @@ import polars as pl
 from data import Store
 from data.health_log import HealthLog
 from data.sweeps import SweepStore
-from monitoring.health import load_config, score_book, spu_ranges
+from monitoring.health import load_config, score_book, spu_ranges, with_comparables
 
 LOCK_NAME = "sweep"
 LOCK_TTL = timedelta(minutes=30)
@@ -131,7 +131,7 @@ class Monitor:
     def run_sweep(self, as_of: date | None = None, *, market: pl.DataFrame | None = None,
                   positions: pl.DataFrame | None = None, parts: int | None = None) -> SweepOutcome:
         """Score every position as of ``as_of`` (default: the latest market date) and store it. ``parts``: read,
-        score and write the book a range of SPUs at a time (``health.score_book_in_parts``), for a book
+        score and write the book a range of SPUs at a time from the store (``_score_parts``), for a book
         bigger than memory; still one transaction, so the sweep is all or nothing. Default: ``[sweep] parts``
         of the config."""
         if parts is None:
@@ -188,12 +188,9 @@ class Monitor:
     def _score_parts(self, connection, as_of: date, parts: int):
         """Each SPU range's results: its positions, its SPUs' market (and their comparables'), and what its
         alerts compare with, read from the store one range at a time."""
-        neighbours = getattr(self.warning, "neighbours", None)
         for low, high in spu_ranges(self.sweeps.book_spus(connection), parts):
             positions = self.sweeps.positions_between(connection, low, high)
-            spus = positions["spu_id"].unique().to_list()
-            if neighbours is not None:
-                spus += neighbours.filter(pl.col("spu_id").is_in(spus))["neighbour"].to_list()
+            spus = with_comparables(positions["spu_id"].unique().to_list(), self.warning)
             market = self.log.market_of(connection, spus, until=as_of)
             previous = self.log.latest_actions(connection, as_of, same_day=False,
                                                position_ids=positions["position_id"].to_list())
@@ -209,7 +206,7 @@ class Monitor:
             pl.lit(sweep_id).alias("sweep_id"), "position_id", pl.lit(as_of).alias("as_of"), "action",
             "previous_action", reasons_json().alias("reasons"))
         self.sweeps.write_results(stored, alerts, connection)
-        self.log.set_state(connection, results.select("position_id", pl.lit(as_of).alias("as_of"), "grade", "action"))
+        self.log.set_state(connection, results, as_of)
         self.log.add_alerts(connection, outbox_rows(results.filter(pl.col("alert")), "sweep", sweep_id, as_of))
         return summarise(results)
 

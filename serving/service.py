@@ -55,26 +55,20 @@ def _load_model():
         return demo_model(DEMO_DIR, log=None)
 
 
-def _cursor(since: str | None) -> int:
-    if since is None or since == "" or _timestamp(since) is not None:
-        return 0
+def _since(since: str | None) -> tuple[int, datetime | None]:
+    """(cursor, created after) of a ``since`` parameter: an alert's or change's seq, or an ISO timestamp;
+    nothing starts at the beginning."""
+    if not since:
+        return 0, None
+    if since.lstrip("-").isdigit():
+        if int(since) < 0:
+            raise BentoMLException("since: a cursor is >= 0", error_code=HTTPStatus.UNPROCESSABLE_ENTITY)
+        return int(since), None
     try:
-        value = int(since)
+        return 0, datetime.fromisoformat(since).replace(tzinfo=None)
     except ValueError:
         raise BentoMLException(f"since: neither a cursor (an integer) nor an ISO timestamp: {since!r}",
                                error_code=HTTPStatus.UNPROCESSABLE_ENTITY) from None
-    if value < 0:
-        raise BentoMLException("since: a cursor is >= 0", error_code=HTTPStatus.UNPROCESSABLE_ENTITY)
-    return value
-
-
-def _timestamp(since: str | None) -> datetime | None:
-    if not since or since.lstrip("-").isdigit():
-        return None
-    try:
-        return datetime.fromisoformat(since).replace(tzinfo=None)
-    except ValueError:
-        return None
 
 
 def _limit(limit: str | None) -> int:
@@ -247,14 +241,14 @@ class PledgeService:
         """Market observations (spu_id, date, price, units, source): stored, and the positions on the SPUs
         they moved re-scored at once. A bad observation is answered with its item, field and reason; the
         good ones are applied together. New alerts: GET /alerts?since= and the webhook."""
-        from monitoring.market_updates import MAX_OBSERVATIONS, apply_market_updates
+        from monitoring.market_updates import BatchTooLarge, apply_market_updates
 
         if not observations:
             raise BentoMLException("observations: empty", error_code=HTTPStatus.UNPROCESSABLE_ENTITY)
-        if len(observations) > MAX_OBSERVATIONS:
-            raise BentoMLException(f"observations: {len(observations)} in one request; at most {MAX_OBSERVATIONS} "
-                                   "(send several)", error_code=HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
-        outcome = apply_market_updates(self.monitor, [o.model_dump() for o in observations])
+        try:
+            outcome = apply_market_updates(self.monitor, [o.model_dump() for o in observations])
+        except BatchTooLarge as exc:
+            raise BentoMLException(f"observations: {exc}", error_code=HTTPStatus.REQUEST_ENTITY_TOO_LARGE) from exc
         if outcome.errors and outcome.applied + outcome.unchanged == 0:
             shown = "; ".join(f"item {e['item']}, {e['field']}: {e['error']}" for e in outcome.errors[:10])
             more = f"; and {len(outcome.errors) - 10} more" if len(outcome.errors) > 10 else ""
@@ -269,7 +263,7 @@ class PledgeService:
         answer (an alert's seq), or an ISO timestamp; nothing or 0 starts at the first alert."""
         from monitoring.delivery import alert_payload
 
-        seq, after, count = _cursor(since), _timestamp(since), _limit(limit)
+        (seq, after), count = _since(since), _limit(limit)
         rows = self.monitor.log.alerts_since(seq, created_after=after, limit=count)
         return {"alerts": [alert_payload(r) for r in rows], "cursor": rows[-1]["seq"] if rows else seq,
                 "more": len(rows) == count}
@@ -279,7 +273,7 @@ class PledgeService:
         with its amount at risk, for the desk's live book."""
         from monitoring.report import at_risk
 
-        seq, after, count = _cursor(since), _timestamp(since), _limit(limit)
+        (seq, after), count = _since(since), _limit(limit)
         rows = self.monitor.log.changes_since(seq, created_after=after, limit=count)
         if not rows:
             return {"changes": [], "cursor": seq, "more": False}

@@ -6,7 +6,6 @@ from datetime import date
 from pathlib import Path
 from typing import Annotated, Optional
 
-import polars as pl
 import typer
 
 from data import DataFileError, Store, read_online_retail
