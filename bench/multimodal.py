@@ -6,7 +6,9 @@ SPU index, the lexical model and the value head with its conformal calibration. 
 priced by two models, one per arm, fitted on the same training rows with the same settings:
   (a) title + catalogue attributes,  (b) the same + the image (its vector and comparables by image).
 Each arm fits its own head and calibration (arm (a) never sees an image), so the difference is what the
-image adds to a model that can use it. Target: selling price (``discounted_price`` > 0).
+image adds to a model that can use it. Target: selling price (``discounted_price`` > 0). Issue 14's two
+public recipes (``bench/recipes.py``: Mercari's sparse MLPs, the Amazon teams' kNN prices + trees over title,
+image and combined spaces) are fitted on the same training products and scored on the same test products.
 
 The split keeps near-duplicates on one side. Products that share a normalised title or a byte-identical
 image file are joined into one group (union-find over both keys, over all priced products); without
@@ -48,6 +50,7 @@ import polars as pl
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import print_table, shared  # noqa: E402
+from bench.recipes import knn_boosted_trees, mercari_mlp  # noqa: E402
 from data import MyntraCatalog, read_myntra  # noqa: E402
 from embeddings import SpuEmbedder, SpuIndex, SpuVectors, create_encoder, train_image_tower  # noqa: E402
 from embeddings.encoder import Encoder  # noqa: E402
@@ -173,6 +176,24 @@ def price_arm(vectors: SpuVectors, spus: pl.DataFrame, prices: pl.DataFrame, par
     return out, model.cold.head_.chosen_
 
 
+def recipe_baselines(vectors: SpuVectors, spus: pl.DataFrame, prices: pl.DataFrame, parts: Split,
+                     seed: int) -> dict[str, np.ndarray]:
+    """Issue 14's public recipes on the same training and test products as the arms: Mercari's MLPs on
+    the title + attributes text; the Amazon teams' trees over the title and image vectors with kNN
+    price statistics by title, by image and by the combined vector. Training rows in catalogue order."""
+    train = (pl.DataFrame({"spu_id": parts.train_ids}).join(prices, on="spu_id", how="left", maintain_order="left")
+             .sort("first_sold", maintain_order=True))
+    ids, y = train["spu_id"].to_list(), np.log(train["price"].to_numpy())
+    titles = dict(zip(spus["spu_id"].to_list(), spus["title"].to_list()))
+    mlp = mercari_mlp([titles[s] for s in ids], y, [titles[s] for s in parts.test_ids], seed=seed)
+    tr, te = vectors.take(ids), vectors.take(parts.test_ids)
+    spaces = [(getattr(tr, kind), tr.has[kind], getattr(te, kind), te.has[kind]) for kind in ("title", "image")]
+    spaces.append((tr.content, np.ones(len(ids), dtype=bool), te.content, np.ones(len(parts.test_ids), dtype=bool)))
+    knn, _ = knn_boosted_trees(spaces, ids, y, (np.hstack([tr.title, tr.image]), np.hstack([te.title, te.image])),
+                               seed=seed)
+    return {"Mercari: sparse TF-IDF MLPs": np.exp(mlp), "Amazon: kNN prices + GBT": np.exp(knn)}
+
+
 @dataclass
 class Bench:
     """What every seed shares: the catalogue, the text-only vectors, the locked text tower's title vectors."""
@@ -223,16 +244,28 @@ class Bench:
         dim, fingerprint = self.text_encoder.dim, self.text_encoder.fingerprint
         arms = {"title + attributes": price_arm(self.text_vectors, self.spus, self.prices, parts, dim, fingerprint, seed),
                 "title + attributes + image": price_arm(vectors, self.spus, self.prices, parts, dim, fingerprint, seed)}
+        baselines = {} if self.args.skip_recipes else recipe_baselines(vectors, self.spus, self.prices, parts, seed)
         truth = pl.DataFrame({"spu_id": parts.test_ids}).join(self.prices, on="spu_id", how="left", maintain_order="left")
         category = pl.DataFrame({"spu_id": parts.test_ids}).join(self.catalog, on="spu_id", how="left",
                                                                   maintain_order="left")["category"]
         return figures(seed, parts, reports, recall, truth["price"].to_numpy(),
-                       category.fill_null("(none)").to_numpy(), arms, tower_s, time.monotonic() - started)
+                       category.fill_null("(none)").to_numpy(), arms, baselines, tower_s, time.monotonic() - started)
 
 
-def figures(seed, parts, reports, recall, actual, category, arms, tower_s, seconds) -> dict:
+def smape_per_row(actual: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    return 2 * np.abs(predicted - actual) / (np.abs(predicted) + np.abs(actual))
+
+
+def figures(seed, parts, reports, recall, actual, category, arms, baselines, tower_s, seconds) -> dict:
     metrics = {name: value_metrics(actual, f["value"].to_numpy(), f["low"].to_numpy(), f["high"].to_numpy())
                for name, (f, _) in arms.items()}
+    ours = arms["title + attributes + image"][0]["value"].to_numpy()
+    recipes = {}
+    for name, predicted in baselines.items():
+        gain = smape_per_row(actual, predicted) - smape_per_row(actual, ours)
+        picks = np.random.default_rng(seed).integers(0, len(gain), size=(2000, len(gain)))
+        recipes[name] = {"smape": value_metrics(actual, predicted)["smape"], "value": predicted,
+                         "gain_ci95": tuple(np.percentile(gain[picks].mean(axis=1), [2.5, 97.5]))}
     # How sure is the gain within the seed? Resample the test products (paired: both arms priced the same).
     per_product = {name: 2 * np.abs(f["value"].to_numpy() - actual) / (f["value"].to_numpy() + actual)
                    for name, (f, _) in arms.items()}
@@ -241,6 +274,7 @@ def figures(seed, parts, reports, recall, actual, category, arms, tower_s, secon
     ci_low, ci_high = np.percentile(gain[draws].mean(axis=1), [2.5, 97.5])
     text, both = metrics["title + attributes"], metrics["title + attributes + image"]
     return {"seed": seed, "parts": parts, "reports": reports, "arms": arms, "metrics": metrics, "actual": actual,
+            "recipes": recipes,
             "category": category, "tower_seconds": tower_s, "seconds": seconds,
             "smape_text": text["smape"], "smape_text_image": both["smape"], "image_gain": text["smape"] - both["smape"],
             "coverage90": both["coverage90"], "coverage90_text": text["coverage90"],
@@ -258,6 +292,8 @@ def main() -> None:
     parser.add_argument("--tower-budget", type=float, default=None,
                         help="seconds per image tower (default: none, so the figures do not depend on how busy "
                              "the machine is; a tower cut short shows in the epochs reported)")
+    parser.add_argument("--skip-recipes", action="store_true",
+                        help="leave out issue 14's public recipes (Mercari MLPs, kNN + trees)")
     parser.add_argument("--in-sample", action="store_true",
                         help="price from one tower trained on all training pairs (no folds; optimistic)")
     args = parser.parse_args()
@@ -326,9 +362,19 @@ def report(runs: list[dict], args, seconds: float) -> None:
         m = value_metrics(actual, pooled[name]["value"], pooled[name]["low"], pooled[name]["high"])
         rows.append([name, f"{m['smape']:.4f}", f"{m['median_ape']:.4f}", f"{m['mae']:.0f}", f"{m['coverage90']:.3f}",
                      f"{m['median_width']:.2f}", str(m["n"])])
+    for name in runs[0]["recipes"]:
+        m = value_metrics(actual, np.concatenate([r["recipes"][name]["value"] for r in runs]))
+        rows.append([f"{name} (recipe)", f"{m['smape']:.4f}", f"{m['median_ape']:.4f}", f"{m['mae']:.0f}", "-", "-",
+                     str(m["n"])])
     print_table("Selling price of held-out products (INR), all seeds together: each arm its own head and "
-                "calibration, fitted on the same rows", ["inputs", "SMAPE", "median APE", "MAE", "coverage90",
-                                                        "median width", "n"], rows)
+                "calibration, fitted on the same rows; the public recipes on the same rows",
+                ["inputs", "SMAPE", "median APE", "MAE", "coverage90", "median width", "n"], rows)
+    if runs[0]["recipes"]:
+        print_table("Ours (title + attributes + image) against each public recipe, per seed: SMAPE gain, paired "
+                    "95% bootstrap over the test products (above zero: ours wins)", ["seed", "recipe", "recipe SMAPE",
+                                                                                      "ours SMAPE", "gain 95%"],
+                    [[str(r["seed"]), name, f"{rec['smape']:.4f}", f"{r['smape_text_image']:.4f}",
+                      "{:+.4f} .. {:+.4f}".format(*rec["gain_ci95"])] for r in runs for name, rec in r["recipes"].items()])
     by_category = []
     counts = pl.Series("category", category).value_counts(sort=True).filter(pl.col("count") >= 20 * len(runs))
     for name in counts["category"].to_list()[:15]:
@@ -350,7 +396,11 @@ def report(runs: list[dict], args, seconds: float) -> None:
           f"n_test={round(mean('n_test'))} image_gain_ci95_low={mean('image_gain_ci95_low'):.4f} "
           f"image_gain_ci95_high={mean('image_gain_ci95_high'):.4f} image_gain_min={gains.min():.4f} "
           f"image_gain_max={gains.max():.4f} image_gain_std={gains.std(ddof=1) if len(gains) > 1 else 0.0:.4f} "
-          f"n_seeds={len(runs)} seconds={seconds:.0f}")
+          f"n_seeds={len(runs)} seconds={seconds:.0f}"
+          + "".join(f" {key}_smape={np.mean([r['recipes'][name]['smape'] for r in runs]):.4f}"
+                    f" gain_over_{key}_ci95_low={np.mean([r['recipes'][name]['gain_ci95'][0] for r in runs]):.4f}"
+                    for key, name in (("mercari", "Mercari: sparse TF-IDF MLPs"), ("knn_gbt", "Amazon: kNN prices + GBT"))
+                    if name in runs[0]["recipes"]))
 
 
 if __name__ == "__main__":

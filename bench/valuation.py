@@ -31,6 +31,7 @@ from sklearn.pipeline import make_pipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import print_table, shared  # noqa: E402
+from bench.recipes import knn_boosted_trees, mercari_mlp  # noqa: E402
 from data import read_online_retail  # noqa: E402
 from embeddings import SpuEmbedder, SpuIndex, create_encoder  # noqa: E402
 from valuation.metrics import value_metrics  # noqa: E402
@@ -54,70 +55,6 @@ def tuned_tfidf_ridge(titles: list[str], y: np.ndarray, n_splits: int = 4):
         cv[alpha] = float(np.mean(errors))
     best = min(cv, key=cv.get)
     return pipeline(best).fit(titles, y), best
-
-
-def mercari_mlp(train_titles: list[str], y: np.ndarray, test_titles: list[str], seed: int = 0) -> np.ndarray:
-    """The Mercari Price Suggestion winners' recipe, small: binarised sparse TF-IDF inputs, log-price target,
-    small MLPs, one on word n-grams and one on character n-grams, blended by their mean. The L2 penalty is
-    chosen on the last time-ordered fold (the rows come in time order), then each MLP is refit on all rows.
-    scikit-learn's MLP has squared loss only (the winners used Huber in Keras)."""
-    from sklearn.neural_network import MLPRegressor
-
-    views = [TfidfVectorizer(analyzer="word", ngram_range=(1, 2), min_df=2, binary=True),
-             TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), min_df=3, binary=True)]
-    train_titles, test_titles = np.asarray(train_titles, dtype=object), np.asarray(test_titles, dtype=object)
-    fit_rows, check_rows = list(TimeSeriesSplit(n_splits=4).split(train_titles))[-1]
-    predictions = []
-    for k, view in enumerate(views):
-        def mlp(alpha):
-            return MLPRegressor(hidden_layer_sizes=(128, 32), alpha=alpha, batch_size=64, learning_rate_init=3e-3,
-                                max_iter=30, early_stopping=True, n_iter_no_change=4, random_state=seed + k)
-        errors = {}
-        for alpha in (1e-4, 1e-2, 1.0):
-            X = view.fit_transform(train_titles[fit_rows])
-            model = mlp(alpha).fit(X, y[fit_rows])
-            errors[alpha] = np.abs(model.predict(view.transform(train_titles[check_rows])) - y[check_rows]).mean()
-        best = min(errors, key=errors.get)
-        model = mlp(best).fit(view.fit_transform(train_titles), y)
-        predictions.append(model.predict(view.transform(test_titles)))
-    return np.mean(predictions, axis=0)
-
-
-def knn_price_features(index: SpuIndex, vectors: np.ndarray, prices: dict[str, float], k: int = 10,
-                       exclude_self: list[str] | None = None) -> np.ndarray:
-    """The Amazon ML Challenge 2025 teams' strongest features: mean, std, min and max of the k nearest
-    training SPUs' log prices (and their similarity-weighted mean), found by FAISS; a training SPU's own
-    price is left out of its neighbours."""
-    hits = [index.search(v, k, exclude=[own] if own else None)[0] for v, own in
-            zip(vectors, exclude_self or [None] * len(vectors))]
-    rows = []
-    for hit in hits:
-        logs = np.log([prices[s] for s in hit["spu_id"]])
-        weights = np.clip(hit["score"].to_numpy(), 1e-3, None)
-        rows.append([logs.mean(), logs.std(), logs.min(), logs.max(), float(np.average(logs, weights=weights)),
-                     float(hit["score"][0])])
-    return np.asarray(rows)
-
-
-def knn_boosted_trees(index: SpuIndex, train_ids: list[str], train_vectors: np.ndarray, y: np.ndarray,
-                      test_vectors: np.ndarray) -> tuple[np.ndarray, str]:
-    """Gradient-boosted trees (absolute-error loss on the log price: SMAPE is judged) over the sentence
-    embedding and the kNN price statistics; the leaf count chosen on the last time-ordered fold."""
-    from sklearn.ensemble import HistGradientBoostingRegressor
-
-    prices = dict(zip(train_ids, np.exp(y)))
-    X = np.hstack([knn_price_features(index, train_vectors, prices, exclude_self=train_ids), train_vectors])
-    X_test = np.hstack([knn_price_features(index, test_vectors, prices), test_vectors])
-    fit_rows, check_rows = list(TimeSeriesSplit(n_splits=4).split(X))[-1]
-
-    def trees(leaves):
-        return HistGradientBoostingRegressor(loss="absolute_error", max_leaf_nodes=leaves, learning_rate=0.05,
-                                             max_iter=400, early_stopping=True, validation_fraction=0.15,
-                                             random_state=0)
-    errors = {leaves: np.abs(trees(leaves).fit(X[fit_rows], y[fit_rows]).predict(X[check_rows]) - y[check_rows]).mean()
-              for leaves in (7, 15, 31)}
-    best = min(errors, key=errors.get)
-    return trees(best).fit(X, y).predict(X_test), f"leaves={best}"
 
 
 def evaluate(embedder, train_spus, train_targets, test_spus, test_targets, reviews=None, use_images=True):
@@ -158,11 +95,27 @@ def evaluate(embedder, train_spus, train_targets, test_spus, test_targets, revie
     mlp = mercari_mlp(train_titles["title"].to_list(), y_ordered, test_titles["title"].to_list())
     results["Mercari: sparse TF-IDF MLPs"] = value_metrics(actual, np.exp(mlp))
     ordered_rows = np.array([position[s] for s in ordered["spu_id"]])
-    knn, chosen = knn_boosted_trees(index, ordered["spu_id"].to_list(), vectors.content[ordered_rows], y_ordered,
-                                    test.content)
+    train_content, everywhere = vectors.content[ordered_rows], np.ones(len(ordered_rows), dtype=bool)
+    knn, chosen = knn_boosted_trees([(train_content, everywhere, test.content, np.ones(len(actual), dtype=bool))],
+                                    ordered["spu_id"].to_list(), y_ordered, (train_content, test.content))
     results["Amazon: kNN prices + GBT"] = value_metrics(actual, np.exp(knn))
     results["Amazon: kNN prices + GBT"]["chosen"] = chosen
+    for name, predicted in (("Mercari: sparse TF-IDF MLPs", np.exp(mlp)), ("Amazon: kNN prices + GBT", np.exp(knn))):
+        results[name]["ours_gain_ci95"] = paired_gain(actual, predicted, np.exp(mid))
     return results
+
+
+def smape_per_row(actual: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    return 2 * np.abs(predicted - actual) / (np.abs(predicted) + np.abs(actual))
+
+
+def paired_gain(actual, baseline, ours, draws: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval of SMAPE(baseline) - SMAPE(ours) over the test rows (paired: same rows);
+    above zero means ours wins beyond the luck of which products were tested."""
+    gain = smape_per_row(actual, baseline) - smape_per_row(actual, ours)
+    picks = np.random.default_rng(seed).integers(0, len(gain), size=(draws, len(gain)))
+    low, high = np.percentile(gain[picks].mean(axis=1), [2.5, 97.5])
+    return float(low), float(high)
 
 
 def online_retail(embedder, path: Path, cutoff: str, until: str):
@@ -239,6 +192,7 @@ def rows_of(results: dict, label: str) -> list[list[str]]:
     for name, m in results.items():
         rows.append([label, name + (f" ({m['chosen']})" if "chosen" in m else ""), f"{m['median_ape']:.3f}",
                      f"{m['smape']:.3f}", f"{m['mae']:.2f}", f"{m['coverage90']:.3f}" if "coverage90" in m else "-",
+                     "{:+.3f} .. {:+.3f}".format(*m["ours_gain_ci95"]) if "ours_gain_ci95" in m else "-",
                      str(m["n"])])
     return rows
 
@@ -257,7 +211,7 @@ def main() -> None:
     parser.add_argument("--skip-demo", action="store_true")
     args = parser.parse_args()
 
-    header = ["data", "model", "median APE", "SMAPE", "MAE", "coverage90", "n test"]
+    header = ["data", "model", "median APE", "SMAPE", "MAE", "coverage90", "ours better by (95%)", "n test"]
     embedder = SpuEmbedder(create_encoder())
     retail, (n_train, n_test) = online_retail(embedder, args.online_retail or shared("online_retail"), args.cutoff,
                                               args.until)
@@ -284,6 +238,8 @@ def main() -> None:
     print(f"smape={ours['smape']:.4f} median_ape={ours['median_ape']:.4f} coverage90={ours['coverage90']:.4f} "
           f"baseline_best_smape={best:.4f} mercari_smape={retail['Mercari: sparse TF-IDF MLPs']['smape']:.4f} "
           f"knn_gbt_smape={retail['Amazon: kNN prices + GBT']['smape']:.4f} "
+          f"gain_over_mercari_ci95_low={retail['Mercari: sparse TF-IDF MLPs']['ours_gain_ci95'][0]:.4f} "
+          f"gain_over_knn_gbt_ci95_low={retail['Amazon: kNN prices + GBT']['ours_gain_ci95'][0]:.4f} "
           f"n_test={ours['n']} auto_share={admitted['auto_share']:.4f} "
           f"auto_smape={admitted['auto_smape']:.4f}")
 

@@ -138,7 +138,8 @@ def test_load_market_rescores_the_moved_positions_and_refuses_bad_rows_by_name(t
     store.close()
     prices = tmp_path / "prices.csv"
     prices.write_text("spu_id,date,price,units_sold\n" + "".join(f"A,2024-04-{d:02d},4.0,0\n" for d in range(1, 8)))
-    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml")}  # no model: market prices and the rules
+    # no model: market prices and the rules; wide lines, so that a long store path does not wrap a sentence
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "COLUMNS": "400"}
 
     def load(path):
         return subprocess.run([str(Path(sys.executable).parent / "pledgeval"), "load", "market", str(path), "--db", db],

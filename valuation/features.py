@@ -18,7 +18,7 @@ from embeddings.features import ORDER_FEATURES
 
 N_COMPARABLES = 10
 COMPARABLE_FEATURES = ("comp_mean_log_price", "comp_top1_log_price", "comp_top1_similarity", "comp_std_log_price",
-                       "comp_mean_similarity")
+                       "comp_mean_similarity", "comp_min_log_price", "comp_max_log_price")
 
 
 @dataclass
@@ -36,7 +36,8 @@ class Comparables:
                 continue
             weights = np.exp(8.0 * (sims - sims.max()))  # softmax over similarity: the closest count most
             mean = float((weights * prices).sum() / weights.sum())
-            rows.append([mean, float(prices[0]), float(sims[0]), float(prices.std()), float(sims.mean())])
+            rows.append([mean, float(prices[0]), float(sims[0]), float(prices.std()), float(sims.mean()),
+                         float(prices.min()), float(prices.max())])
         return np.asarray(rows, dtype=np.float64)
 
 
@@ -62,7 +63,7 @@ def find_comparables(index: SpuIndex, content: np.ndarray, reference: dict[str, 
 
 def cold_matrix(vectors: SpuVectors, by_title: Comparables, by_image: Comparables, lexical: np.ndarray) -> np.ndarray:
     """``by_title`` / ``by_image``: priced comparables found by title vector and by image vector;
-    ``lexical``: the title n-gram model's log price per SPU (out-of-fold when training)."""
+    ``lexical``: the sparse title models' log prices per SPU, one column per view (out-of-fold when training)."""
     return np.column_stack([
         vectors.title, vectors.image, vectors.has["image"].astype(float), vectors.has["title"].astype(float),
         by_title.features(), by_image.features(), np.asarray(lexical, dtype=np.float64), vectors.negativity,
@@ -74,9 +75,3 @@ def warm_matrix(cold: np.ndarray, vectors: SpuVectors) -> np.ndarray:
     history = vectors.order_features.select(ORDER_FEATURES).to_numpy().astype(np.float64)
     return np.column_stack([cold, history])
 
-
-def feature_names(dim: int, warm: bool) -> list[str]:
-    names = ([f"title_{i}" for i in range(dim)] + [f"image_{i}" for i in range(dim)] + ["has_image", "has_title"]
-             + [f"title_{f}" for f in COMPARABLE_FEATURES] + [f"image_{f}" for f in COMPARABLE_FEATURES]
-             + ["lexical_log_price", "review_negativity", "review_rating", "review_log_count"])
-    return names + list(ORDER_FEATURES) if warm else names

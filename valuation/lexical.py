@@ -1,46 +1,75 @@
-"""A lexical price signal: character n-grams of the title -> log price (ridge).
+"""Sparse title models -> log price, one column per view, stacked into the value head.
 
 Sentence embeddings blur the words that set a price within a family ("SET OF 3", "JUMBO", "LARGE");
-character n-grams keep them. The head receives this model's prediction as one feature, out-of-fold on
-its own training rows, so it learns how far to trust it.
+sparse n-grams keep them. Three views, as the Mercari Price Suggestion winners combined them:
+- character n-grams (TF-IDF) into a ridge: robust to spelling;
+- binary word 1-2-grams into a ridge: the words themselves;
+- the same binary word 1-2-grams into a small MLP: interactions between words ("SET OF" x "MUG").
+The head receives each view's prediction as one feature, out-of-fold on its own training rows, so it
+learns how far to trust each.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import Ridge
 from sklearn.model_selection import KFold
+from sklearn.neural_network import MLPRegressor
 from sklearn.pipeline import make_pipeline
+
+VIEWS = ("lexical_char_ridge", "lexical_word_ridge", "lexical_word_mlp")
 
 
 class LexicalPricer(BaseEstimator, RegressorMixin):
-    def __init__(self, alpha: float = 1.0, ngram_range: tuple[int, int] = (2, 5), n_folds: int = 5,
-                 random_state: int = 0):
+    def __init__(self, alpha: float = 1.0, word_alpha: float = 3.0, mlp_alpha: float = 1e-2,
+                 ngram_range: tuple[int, int] = (2, 5), n_folds: int = 5, random_state: int = 0):
         self.alpha = alpha
+        self.word_alpha = word_alpha
+        self.mlp_alpha = mlp_alpha
         self.ngram_range = ngram_range
         self.n_folds = n_folds
         self.random_state = random_state
 
-    def _pipeline(self):
-        return make_pipeline(TfidfVectorizer(analyzer="char_wb", ngram_range=self.ngram_range, min_df=2,
-                                             sublinear_tf=True, lowercase=True), Ridge(alpha=self.alpha))
+    def _views(self, n_rows: int) -> list:
+        def words():
+            return TfidfVectorizer(analyzer="word", ngram_range=(1, 2), min_df=2, binary=True, lowercase=True)
+        mlp = MLPRegressor(hidden_layer_sizes=(128, 32), alpha=self.mlp_alpha, batch_size=64, learning_rate_init=3e-3,
+                           max_iter=30, early_stopping=n_rows >= 200, n_iter_no_change=4,
+                           random_state=self.random_state)
+        return [make_pipeline(TfidfVectorizer(analyzer="char_wb", ngram_range=self.ngram_range, min_df=2,
+                                              sublinear_tf=True, lowercase=True), Ridge(alpha=self.alpha)),
+                make_pipeline(words(), Ridge(alpha=self.word_alpha)),
+                make_pipeline(words(), mlp)]
+
+    @staticmethod
+    def _fit_views(views: list, titles: list[str], y: np.ndarray) -> list:
+        with warnings.catch_warnings():
+            # 30 epochs is the recipe's budget, not a convergence target; early stopping ends most runs sooner.
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            return [view.fit(titles, y) for view in views]
 
     def fit(self, titles, y):
-        self.model_ = self._pipeline().fit(list(titles), np.asarray(y, dtype=np.float64))
+        titles, y = list(titles), np.asarray(y, dtype=np.float64)
+        self.models_ = self._fit_views(self._views(len(y)), titles, y)
         return self
 
-    def predict(self, titles):
-        return self.model_.predict(list(titles))
+    def predict(self, titles) -> np.ndarray:
+        """(rows, views) log prices."""
+        titles = list(titles)
+        return np.column_stack([model.predict(titles) for model in self.models_])
 
     def fit_out_of_fold(self, titles, y) -> np.ndarray:
-        """Fit on everything; return each row's prediction from a model that did not see it."""
+        """Fit on everything; return each row's predictions from models that did not see it."""
         titles, y = list(titles), np.asarray(y, dtype=np.float64)
-        oof = np.empty(len(y))
+        oof = np.empty((len(y), len(VIEWS)))
         folds = KFold(self.n_folds, shuffle=True, random_state=self.random_state)
         for train, test in folds.split(titles):
-            model = self._pipeline().fit([titles[i] for i in train], y[train])
-            oof[test] = model.predict([titles[i] for i in test])
+            views = self._fit_views(self._views(len(train)), [titles[i] for i in train], y[train])
+            oof[test] = np.column_stack([view.predict([titles[i] for i in test]) for view in views])
         self.fit(titles, y)
         return oof
