@@ -80,6 +80,16 @@ class HealthLog:
                      'ON CONFLICT ("spu_id") DO UPDATE SET "turn" = excluded."turn"')
 
     # -- market observations ------------------------------------------------------------------
+    def store_market(self, frame: pl.DataFrame, connection: sa.Connection | None = None) -> int:
+        """Upsert market days and mark their SPUs touched at this turn, inside the gate (the caller's, or
+        one taken here), so that a market update scored meanwhile from older rows reads them again."""
+        if connection is None:
+            with self.gate() as connection:
+                return self.store_market(frame, connection)
+        written = self.store.upsert_many({"market": frame}, connection)["market"]
+        self.mark_touched(connection, frame["spu_id"].unique().to_list(), self.turn(connection))
+        return written
+
     def market_of(self, connection: sa.Connection | None, spu_ids: list[str], until: date | None = None) -> pl.DataFrame:
         """spu_id, date, price, units_sold of these SPUs' market days (up to ``until``); outside a
         transaction when ``connection`` is None."""

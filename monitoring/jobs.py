@@ -12,6 +12,7 @@ from pathlib import Path
 import polars as pl
 
 from data import Store, generate_demo_catalog, load_table
+from data.health_log import HealthLog
 from data.loaders import CATALOG_TABLES
 from data.market import derive_market
 from data.schemas import REFERENCES_SPUS
@@ -33,7 +34,9 @@ def load_catalog_into(store: Store, folder: Path) -> dict[str, int]:
     counts = {}
     for table in CATALOG_TABLES:
         known = store.spu_ids() if table in REFERENCES_SPUS else None
-        counts[table] = store.upsert(table, load_table(folder / f"{table}.parquet", table, known_spus=known).table)
+        frame = load_table(folder / f"{table}.parquet", table, known_spus=known).table
+        # market days go in as a market update's do, so that an update scored meanwhile sees them
+        counts[table] = HealthLog(store).store_market(frame) if table == "market" else store.upsert(table, frame)
     return counts
 
 

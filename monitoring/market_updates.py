@@ -137,8 +137,7 @@ def apply_market_updates(monitor: Monitor, items: list[dict] | pl.DataFrame, *, 
         outcome.applied, outcome.unchanged = update.changed.height, good.height - update.changed.height
         if update.changed.height == 0:
             return outcome
-        monitor.store.upsert_many({"market": update.changed.select(MARKET.column_names)}, connection)
-        log.mark_touched(connection, update.moved, mine)
+        log.store_market(update.changed.select(MARKET.column_names), connection)
         results = update.results
         previous = log.latest_actions(connection, update.as_of, same_day=True,
                                       position_ids=results["position_id"].to_list())

@@ -92,6 +92,34 @@ def test_an_update_that_lands_while_another_is_scored_is_in_the_others_score(mon
                                                                         theirs["action"]), position
 
 
+def test_a_catalogue_load_that_lands_while_an_update_is_scored_is_in_its_score(monitor, monkeypatch, tmp_path):
+    """A catalogue folder's market days count as a market update's do: an update scored from the rows
+    before them reads them again."""
+    from monitoring.jobs import load_catalog_into
+
+    for table in ("spus", "reviews", "orders", "positions"):
+        monitor.store.read(table).write_parquet(tmp_path / f"{table}.parquet")
+    crash = [{"spu_id": "A", "date": AS_OF + timedelta(days=i), "price": 2.0, "units_sold": 0} for i in (1, 2, 3)]
+    pl.DataFrame(crash).write_parquet(tmp_path / "market.parquet")
+    real = monitor.log.positions_on
+    loaded = []
+
+    def catalogue_lands_now(connection, spu_ids):
+        if connection is None and not loaded:
+            loaded.append(load_catalog_into(monitor.store, tmp_path))
+        return real(connection, spu_ids)
+
+    monkeypatch.setattr(monitor.log, "positions_on", catalogue_lands_now)
+    outcome = apply_market_updates(monitor, falling(price=9.0, days=1, start=AS_OF + timedelta(days=4)), today=TODAY)
+    assert loaded[0]["market"] == 3 and outcome.applied == 1
+    event = monitor.store.read("health_events").filter(pl.col("event_id") == outcome.event_id)
+    swept = monitor.results(monitor.run_sweep(outcome.as_of).sweep_id)
+    for position in ("P1", "P3"):
+        mine = event.filter(pl.col("position_id") == position).row(0, named=True)
+        theirs = swept.filter(pl.col("position_id") == position).row(0, named=True)
+        assert (mine["health"], mine["velocity_trend"]) == (theirs["health"], theirs["velocity_trend"]), position
+
+
 def test_bad_observations_are_refused_per_item_naming_the_field_and_the_rest_applied(monitor):
     good = falling(days=1)[0]
     items = [good,
