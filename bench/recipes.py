@@ -38,8 +38,11 @@ def mercari_mlp(train_titles: list[str], y: np.ndarray, test_titles: list[str], 
         warnings.simplefilter("ignore", ConvergenceWarning)
         for k, view in enumerate(views):
             def mlp(alpha):
-                return MLPRegressor(hidden_layer_sizes=(128, 32), alpha=alpha, batch_size=64, learning_rate_init=3e-3,
-                                    max_iter=30, early_stopping=True, n_iter_no_change=4, random_state=seed + k)
+                # batches grow with the rows as in our head's MLP (valuation/lexical.py) and the winners' (2k+)
+                batch = int(np.clip(len(y) // 50, 64, 512))
+                return MLPRegressor(hidden_layer_sizes=(128, 32), alpha=alpha, batch_size=batch,
+                                    learning_rate_init=min(2e-2, 3e-3 * batch / 64), max_iter=30, early_stopping=True,
+                                    n_iter_no_change=4, random_state=seed + k)
             errors = {}
             X = view.fit_transform(train_titles[fit_rows])
             for alpha in (1e-4, 1e-2, 1.0):

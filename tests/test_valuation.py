@@ -29,6 +29,42 @@ def test_conformal_interval_covers_on_held_out_rows():
     assert width[X[1000:, 0] > 0].mean() > 2 * width[X[1000:, 0] <= 0].mean()  # normalised by difficulty
 
 
+def test_the_interval_holds_in_the_newest_period_when_errors_grow_with_time():
+    """Errors that grow in the newest period (newer products drift from what the head learned): the quantile of the
+    widest recent period is kept, so a later period is still covered; one pooled quantile under-covers."""
+    rng = np.random.default_rng(5)
+    n = 4000
+    t = np.arange(n) / n
+    X = rng.normal(size=(n, 3))
+    y = X @ np.array([1.0, 0.5, 0.0]) + rng.normal(size=n) * np.where(t < 0.65, 0.2, 0.6)  # a new regime
+    fit, later = slice(0, 3000), slice(3000, 3600)
+    covered = {}
+    for blocks in (1, 3):
+        model = ConformalValueModel(ValueHead(candidates=("ridge",)), coverage=0.9, calibration_share=0.3,
+                                    calibration_blocks=blocks).fit(X[fit], y[fit], order=t[fit])
+        _, low, high = model.predict_interval(X[later])
+        covered[blocks] = ((y[later] >= low) & (y[later] <= high)).mean()
+        assert len(model.block_q_) == blocks and model.q_ == max(model.block_q_)
+    assert covered[3] >= 0.87 and covered[1] < 0.83
+
+
+def test_the_sparse_title_views_each_learn_the_word_that_sets_the_price():
+    from valuation.lexical import VIEWS, LexicalPricer
+
+    rng = np.random.default_rng(2)
+    things = ["mug", "vase", "lamp", "clock", "frame", "bowl", "tray", "jar"]
+    titles = [f"{'jumbo ' if big else ''}{rng.choice(['red', 'blue', 'green'])} {rng.choice(things)}"
+              for big in rng.random(300) < 0.5]
+    y = np.log(np.where([t.startswith("jumbo") for t in titles], 20.0, 5.0)) + 0.05 * rng.normal(size=300)
+    pricer = LexicalPricer()
+    oof = pricer.fit_out_of_fold(titles, y)
+    assert oof.shape == (300, len(VIEWS))
+    for column in range(len(VIEWS)):
+        assert np.corrcoef(oof[:, column], y)[0, 1] > 0.9, VIEWS[column]
+    big, small = pricer.predict(["jumbo red mug", "red mug"])
+    assert (big - small > np.log(2)).all()
+
+
 def test_value_head_chooses_by_time_aware_cv():
     rng = np.random.default_rng(1)
     X = rng.normal(size=(400, 3))
