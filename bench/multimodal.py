@@ -57,7 +57,7 @@ from embeddings.encoder import Encoder  # noqa: E402
 from embeddings.features import ORDER_FEATURES  # noqa: E402
 from embeddings.spu import _normalise, fuse  # noqa: E402
 from embeddings.training import TrainReport, retrieval_recall  # noqa: E402
-from valuation.metrics import value_metrics  # noqa: E402
+from valuation.metrics import paired_smape_gain, value_metrics  # noqa: E402
 from valuation.training import ValueModel  # noqa: E402
 
 TEST_SHARE = 0.2
@@ -252,26 +252,15 @@ class Bench:
                        category.fill_null("(none)").to_numpy(), arms, baselines, tower_s, time.monotonic() - started)
 
 
-def smape_per_row(actual: np.ndarray, predicted: np.ndarray) -> np.ndarray:
-    return 2 * np.abs(predicted - actual) / (np.abs(predicted) + np.abs(actual))
-
-
 def figures(seed, parts, reports, recall, actual, category, arms, baselines, tower_s, seconds) -> dict:
     metrics = {name: value_metrics(actual, f["value"].to_numpy(), f["low"].to_numpy(), f["high"].to_numpy())
                for name, (f, _) in arms.items()}
-    ours = arms["title + attributes + image"][0]["value"].to_numpy()
-    recipes = {}
-    for name, predicted in baselines.items():
-        gain = smape_per_row(actual, predicted) - smape_per_row(actual, ours)
-        picks = np.random.default_rng(seed).integers(0, len(gain), size=(2000, len(gain)))
-        recipes[name] = {"smape": value_metrics(actual, predicted)["smape"], "value": predicted,
-                         "gain_ci95": tuple(np.percentile(gain[picks].mean(axis=1), [2.5, 97.5]))}
+    text_value, ours = (arms[name][0]["value"].to_numpy() for name in ("title + attributes", "title + attributes + image"))
+    recipes = {name: {"smape": value_metrics(actual, predicted)["smape"], "value": predicted,
+                      "gain_ci95": paired_smape_gain(actual, predicted, ours, seed=seed)}
+               for name, predicted in baselines.items()}
     # How sure is the gain within the seed? Resample the test products (paired: both arms priced the same).
-    per_product = {name: 2 * np.abs(f["value"].to_numpy() - actual) / (f["value"].to_numpy() + actual)
-                   for name, (f, _) in arms.items()}
-    gain = per_product["title + attributes"] - per_product["title + attributes + image"]
-    draws = np.random.default_rng(seed).integers(0, len(gain), size=(2000, len(gain)))
-    ci_low, ci_high = np.percentile(gain[draws].mean(axis=1), [2.5, 97.5])
+    ci_low, ci_high = paired_smape_gain(actual, text_value, ours, seed=seed)
     text, both = metrics["title + attributes"], metrics["title + attributes + image"]
     return {"seed": seed, "parts": parts, "reports": reports, "arms": arms, "metrics": metrics, "actual": actual,
             "recipes": recipes,

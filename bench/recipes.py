@@ -22,6 +22,7 @@ from sklearn.model_selection import TimeSeriesSplit
 from sklearn.neural_network import MLPRegressor
 
 from embeddings import SpuIndex
+from valuation.lexical import mlp_batch
 
 
 def mercari_mlp(train_titles: list[str], y: np.ndarray, test_titles: list[str], seed: int = 0) -> np.ndarray:
@@ -38,10 +39,9 @@ def mercari_mlp(train_titles: list[str], y: np.ndarray, test_titles: list[str], 
         warnings.simplefilter("ignore", ConvergenceWarning)
         for k, view in enumerate(views):
             def mlp(alpha):
-                # batches grow with the rows as in our head's MLP (valuation/lexical.py) and the winners' (2k+)
-                batch = int(np.clip(len(y) // 50, 64, 512))
+                batch, step = mlp_batch(len(y))  # as our head's MLP; the winners' grew from 2k rows a batch
                 return MLPRegressor(hidden_layer_sizes=(128, 32), alpha=alpha, batch_size=batch,
-                                    learning_rate_init=min(2e-2, 3e-3 * batch / 64), max_iter=30, early_stopping=True,
+                                    learning_rate_init=step, max_iter=30, early_stopping=True,
                                     n_iter_no_change=4, random_state=seed + k)
             errors = {}
             X = view.fit_transform(train_titles[fit_rows])

@@ -34,7 +34,7 @@ from bench._common import print_table, shared  # noqa: E402
 from bench.recipes import knn_boosted_trees, mercari_mlp  # noqa: E402
 from data import read_online_retail  # noqa: E402
 from embeddings import SpuEmbedder, SpuIndex, create_encoder  # noqa: E402
-from valuation.metrics import value_metrics  # noqa: E402
+from valuation.metrics import paired_smape_gain, value_metrics  # noqa: E402
 from valuation.training import ValueModel, launch_prices, subset  # noqa: E402
 
 
@@ -101,21 +101,8 @@ def evaluate(embedder, train_spus, train_targets, test_spus, test_targets, revie
     results["Amazon: kNN prices + GBT"] = value_metrics(actual, np.exp(knn))
     results["Amazon: kNN prices + GBT"]["chosen"] = chosen
     for name, predicted in (("Mercari: sparse TF-IDF MLPs", np.exp(mlp)), ("Amazon: kNN prices + GBT", np.exp(knn))):
-        results[name]["ours_gain_ci95"] = paired_gain(actual, predicted, np.exp(mid))
+        results[name]["ours_gain_ci95"] = paired_smape_gain(actual, predicted, np.exp(mid))
     return results
-
-
-def smape_per_row(actual: np.ndarray, predicted: np.ndarray) -> np.ndarray:
-    return 2 * np.abs(predicted - actual) / (np.abs(predicted) + np.abs(actual))
-
-
-def paired_gain(actual, baseline, ours, draws: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95% bootstrap interval of SMAPE(baseline) - SMAPE(ours) over the test rows (paired: same rows);
-    above zero means ours wins beyond the luck of which products were tested."""
-    gain = smape_per_row(actual, baseline) - smape_per_row(actual, ours)
-    picks = np.random.default_rng(seed).integers(0, len(gain), size=(draws, len(gain)))
-    low, high = np.percentile(gain[picks].mean(axis=1), [2.5, 97.5])
-    return float(low), float(high)
 
 
 def online_retail(embedder, path: Path, cutoff: str, until: str):
