@@ -3,7 +3,7 @@ import polars as pl
 import pytest
 
 from valuation.head import ConformalValueModel, ValueHead
-from valuation.metrics import value_metrics
+from valuation.metrics import gain_ci95, paired_smape_gain, smape_per_row, value_metrics
 from valuation.model import PledgeModel, PricingError
 from valuation.policy import AdmissionPolicy, HaircutPolicy, load_policy
 
@@ -212,6 +212,19 @@ def test_catalogue_without_categories_is_priced_at_the_default_base():
 def test_metrics():
     m = value_metrics([10, 20], [11, 18], [9, 21], [12, 25])
     assert m["coverage90"] == 0.5 and abs(m["median_ape"] - 0.1) < 1e-9 and m["n"] == 2
+
+
+def test_a_gain_is_called_significant_only_when_the_rows_agree():
+    rng = np.random.default_rng(0)
+    actual = rng.uniform(5, 50, 300)
+    baseline = actual * rng.choice([0.7, 1.3], 300)
+    better, coin = actual * rng.choice([0.8, 1.2], 300), actual * rng.choice([0.55, 1.0], 300)
+    low, high = paired_smape_gain(actual, baseline, better)
+    assert 0 < low < high  # every row gains: the interval is above zero
+    low, high = paired_smape_gain(actual, baseline, coin)
+    assert low < 0 < high  # half the rows exact, half far worse: no call either way
+    # the same interval from the per-row gains, as a bench averages them over seeds
+    assert gain_ci95(smape_per_row(actual, baseline) - smape_per_row(actual, coin)) == (low, high)
 
 
 def test_new_spu_with_title_only_gets_wide_interval_and_review(pledge_model):

@@ -13,7 +13,13 @@ def smape_per_row(actual, predicted) -> np.ndarray:
 def paired_smape_gain(actual, baseline, ours, draws: int = 2000, seed: int = 0) -> tuple[float, float]:
     """95% bootstrap interval of SMAPE(baseline) - SMAPE(ours), resampling the rows (paired: both priced
     the same rows); above zero means ours wins beyond the luck of which products were tested."""
-    gain = smape_per_row(actual, baseline) - smape_per_row(actual, ours)
+    return gain_ci95(smape_per_row(actual, baseline) - smape_per_row(actual, ours), draws, seed)
+
+
+def gain_ci95(gain, draws: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval of the mean of per-row gains (e.g. each row's SMAPE gain averaged over
+    several fits), resampling the rows."""
+    gain = np.asarray(gain, float)
     picks = np.random.default_rng(seed).integers(0, len(gain), size=(draws, len(gain)))
     low, high = np.percentile(gain[picks].mean(axis=1), [2.5, 97.5])
     return float(low), float(high)
