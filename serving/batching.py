@@ -8,11 +8,19 @@ on its own (errors included), so each request gets back exactly its items' answe
 
 BentoML's adaptive batching batches an API called over HTTP (or from another service); here the batch
 forms inside the one /price route, where the model already is.
+
+After each call the freed heap is handed back to the system (glibc ``malloc_trim``). An encoder call's
+tensors scale with its batch and its longest title, and glibc keeps what they freed: a worker's memory
+rose to its largest batch so far and kept rising as ever larger batches came (in process, 3,000 calls of
+1 to 64 new titles: +50 MB without the trim, flat with it, for 0.1 to 0.4 ms a call against 25 to 58 ms
+of pricing).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 from typing import Callable
 
 import anyio
@@ -20,6 +28,19 @@ from prometheus_client import Histogram
 
 BATCH_ITEMS = Histogram("pledgeval_price_batch_items", "Items priced in one call to the encoder path",
                         buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1000))
+
+
+def _malloc_trim() -> Callable[[], None]:
+    """glibc's malloc_trim(0), or nothing where the C library has none (macOS, musl)."""
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return lambda: None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return lambda: trim(0)
+
+
+release_freed_heap = _malloc_trim()
 
 
 class PriceBatcher:
@@ -37,6 +58,12 @@ class PriceBatcher:
             asyncio.get_running_loop().create_task(self._drain())
         return await future
 
+    def _price_and_release(self, items: list) -> list[dict]:
+        try:
+            return self.price(items)
+        finally:
+            release_freed_heap()
+
     async def _drain(self) -> None:
         try:
             while self._waiting:
@@ -47,7 +74,8 @@ class PriceBatcher:
                     size += len(items)
                 BATCH_ITEMS.observe(size)
                 try:
-                    answers = await anyio.to_thread.run_sync(self.price, [i for items, _ in batch for i in items])
+                    answers = await anyio.to_thread.run_sync(self._price_and_release,
+                                                             [i for items, _ in batch for i in items])
                 except Exception as exc:  # a failure of the call itself (not of an item) fails each request
                     for _, future in batch:
                         if not future.done():

@@ -1,4 +1,5 @@
 import asyncio
+import platform
 import threading
 
 import pytest
@@ -45,3 +46,31 @@ def test_a_failed_call_fails_its_requests_and_the_batcher_goes_on():
         return await batcher([{"spu_id": "ok"}])
 
     assert asyncio.run(run()) == [{"spu_id": "ok"}]
+
+
+def test_every_call_hands_the_freed_heap_back_even_when_it_fails(monkeypatch):
+    import serving.batching as batching
+
+    released = []
+    monkeypatch.setattr(batching, "release_freed_heap", lambda: released.append(True))
+
+    def price(items):
+        if items[0]["spu_id"] == "boom":
+            raise RuntimeError("encoder failed")
+        return [{"spu_id": i["spu_id"]} for i in items]
+
+    async def run():
+        batcher = PriceBatcher(price)
+        await batcher([{"spu_id": "a"}])
+        with pytest.raises(RuntimeError):
+            await batcher([{"spu_id": "boom"}])
+
+    asyncio.run(run())
+    assert len(released) == 2
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
+def test_the_heap_release_is_glibc_malloc_trim_here():
+    from serving.batching import release_freed_heap
+
+    assert release_freed_heap() in (0, 1)  # the no-op stand-in answers None
