@@ -378,10 +378,12 @@ def test_new_items_sharing_an_spu_id_are_each_priced_as_if_alone(pledge_model):
              {"spu_id": "NEW", "title": "Basix Plastic Mug", "quantity": 9}]
     together = model.price(items)
     assert together["error"].to_list() == [None, None]
-    for k, item in enumerate(items):  # a batch of two encodes in one call: floats may differ in the last bits
+    # A batch of two encodes in one call, and float32 kernels may round a batch of two differently from
+    # one: 4e-7 apart in one fresh environment. A mixed-up item would be off by its whole price.
+    for k, item in enumerate(items):
         alone, batched = model.price([item]).row(0, named=True), together.row(k, named=True)
-        assert batched["value"] == pytest.approx(alone["value"], rel=1e-9)
-        assert batched["pledge_value"] == pytest.approx(alone["pledge_value"], rel=1e-9)
+        assert batched["value"] == pytest.approx(alone["value"], rel=1e-5)
+        assert batched["pledge_value"] == pytest.approx(alone["pledge_value"], rel=1e-5)
         assert (batched["decision"], batched["reasons"]) == (alone["decision"], alone["reasons"])
     assert together["value"][0] != pytest.approx(together["value"][1])
 
