@@ -89,7 +89,6 @@ def evaluate(embedder, train_spus, train_targets, test_spus, test_targets, revie
     train_content, everywhere = vectors.content[ordered_rows], np.ones(len(ordered_rows), dtype=bool)
 
     runs = {name: [] for name in SEEDED}  # per seed: (metrics, predicted values)
-    comparables = None
     for seed in seeds:
         t0 = time.perf_counter()
         model = ValueModel(random_state=seed).fit(index, vectors, titles, train_targets)
@@ -100,15 +99,19 @@ def evaluate(embedder, train_spus, train_targets, test_spus, test_targets, revie
                               "fit_s": fit_s}, mid))
         mlp = np.exp(mercari_mlp(train_titles["title"].to_list(), y_ordered, test_titles["title"].to_list(), seed=seed))
         runs["Mercari: sparse TF-IDF MLPs"].append((value_metrics(actual, mlp), mlp))
-        knn, chosen = knn_boosted_trees([(train_content, everywhere, test.content, np.ones(len(actual), dtype=bool))],
-                                        ordered["spu_id"].to_list(), y_ordered, (train_content, test.content), seed=seed)
-        runs["Amazon: kNN prices + GBT"].append(({**value_metrics(actual, np.exp(knn)), "chosen": chosen}, np.exp(knn)))
+        log_knn, chosen = knn_boosted_trees([(train_content, everywhere, test.content, np.ones(len(actual), dtype=bool))],
+                                            ordered["spu_id"].to_list(), y_ordered, (train_content, test.content),
+                                            seed=seed)
+        knn = np.exp(log_knn)
+        runs["Amazon: kNN prices + GBT"].append(({**value_metrics(actual, knn), "chosen": chosen}, knn))
 
     results = {}
     for name, per_seed in runs.items():
         metrics = [m for m, _ in per_seed]
         results[name] = {k: (float(np.mean([m[k] for m in metrics])) if isinstance(v, float) else v)
                          for k, v in metrics[0].items()}
+        if "chosen" in results[name]:  # the seeds' fits may choose differently: show every choice
+            results[name]["chosen"] = "/".join(dict.fromkeys(m["chosen"] for m in metrics))
         results[name]["by_seed"] = [m["smape"] for m in metrics]
     # each row's error averaged over seeds: the gain of ours over a recipe, resampling the test rows
     mean_error = {name: np.mean([smape_per_row(actual, p) for _, p in per_seed], axis=0)
