@@ -141,18 +141,18 @@ def test_a_pending_price_says_so_and_reasons_read_as_sentences(server, browser):
     client, _ = server
     page = _open_desk(browser, client, 1100, 1400)
 
-    def slow(route):  # hold the answer long enough to look at the page meanwhile
-        import time
-
-        time.sleep(1.5)
-        route.continue_()
-
-    page.route("**/price", slow)
+    # Hold the request until the page has been looked at. Sleeping inside the handler does not do that:
+    # Playwright's sync API runs handlers while the test waits, so the sleep ended before the asserts ran.
+    held = []
+    page.route("**/price", lambda route: held.append(route))
     page.fill("#title", "Kestrel Leather Watch Deluxe")
     page.fill("#quantity", "40")
     page.click("#submit-price")
     page.wait_for_selector("#price-status", state="visible", timeout=5_000)
+    while not held:
+        page.wait_for_timeout(50)
     assert "Pricing" in page.text_content("#price-status") and page.is_disabled("#submit-price")
+    held[0].continue_()
     page.wait_for_selector("#price-result", state="visible", timeout=60_000)
     assert page.is_hidden("#price-status") and not page.is_disabled("#submit-price")
     reasons = page.locator("#r-reasons li").all_text_contents()
