@@ -1,5 +1,6 @@
 """The lending backtest and the learned haircut, on small histories where the answer is known by hand."""
 
+import pickle
 from datetime import date, datetime, timedelta
 
 import numpy as np
@@ -94,6 +95,38 @@ def test_recovery_bound_holds_at_its_confidence_and_tracks_the_risk():
     assert np.all(p <= 0.05 + 1e-9) and np.all(model.breach_probability(Xt, np.full(4000, 2.0)) == 1.0)
     drivers = model.drivers(Xt[:1], names=("risky", "noise"))[0]
     assert drivers[0]["feature"] == "risky" and drivers[0]["effect"] > 0.1  # it raised this one's haircut
+
+
+def test_small_calls_answer_exactly_as_the_fitted_model_does_and_are_not_pickled():
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(3000, 4))
+    X[:, 1] = rng.random(3000) < 0.5  # two values: one split point, so its 16 probes collapse to two
+    X[rng.random(X.shape) < 0.1] = np.nan  # the missing-value branches are taken too
+    y = np.nan_to_num(X[:, 0]) + np.nan_to_num(X[:, 1]) + rng.normal(size=3000)
+    model = RecoveryModel(confidence=0.9, max_iter=40, min_samples_leaf=20).fit(X, y, np.repeat(np.arange(6), 500))
+    nodes = [tree.nodes for trees in model.quantile_._predictors for tree in trees]
+    # a value on each split point and the next float above it: where a wrong comparison would show
+    splits = [(n["feature_idx"][i], n["num_threshold"][i]) for n in nodes for i in np.flatnonzero(n["is_leaf"] == 0)]
+    edges = np.repeat(X[:1], 2 * len(splits), axis=0)
+    for k, (feature, threshold) in enumerate(splits):
+        edges[2 * k, feature], edges[2 * k + 1, feature] = threshold, np.nextafter(threshold, np.inf)
+    rows = np.vstack([X[:500], edges])
+    assert model.lower(rows[:1]).shape == (1,) and model._small_calls is not None
+    small = np.concatenate([model.lower(rows[i:i + 100]) for i in range(0, len(rows), 100)])
+    assert np.array_equal(small, np.clip(model.quantile_.predict(rows) + model.shift_, 0, None))
+    again = pickle.loads(pickle.dumps(model))
+    assert not hasattr(again, "_small_calls") and np.array_equal(again.lower(rows[:100]), small[:100])
+    # the explanation asks one probe per interval between split points (a two-valued column needs two)
+    # and must say what asking all 16 typical values of every column says
+    quantile, drivers = model.explain(rows[:40], names=("a", "b", "c", "d"))
+    columns = model._probes[0]
+    assert len(columns) < model.reference_.size and np.sum(columns == 1) <= 2
+    model._probes = None
+    plain_quantile, plain_drivers = model.explain(rows[:40], names=("a", "b", "c", "d"))
+    assert np.array_equal(quantile, plain_quantile) and any(drivers)
+    for row, plain_row in zip(drivers, plain_drivers):
+        assert [d["feature"] for d in row] == [d["feature"] for d in plain_row]
+        assert [d["effect"] for d in row] == pytest.approx([d["effect"] for d in plain_row], abs=1e-9)
 
 
 def test_kupiec_pof():
