@@ -25,7 +25,7 @@ from sklearn.model_selection import GroupKFold, cross_val_predict
 from data.market import derive_market
 from monitoring.events import PRE_WEEKS, daily_matrix, first_loss_offsets, pledge_book
 from monitoring.health import WARNING_FEATURES, position_frame, warning_matrix
-from valuation.explain import probe, reference_quantiles, top_effects
+from valuation.explain import every_probe, probe, reference_quantiles, top_effects
 
 LEAD_DAYS = (7, 35)      # an event this many days ahead is what a warning must foresee
 MIN_POSITIVES = 20       # fewer loss events in the training history: no model
@@ -86,9 +86,10 @@ class WarningModel(BaseEstimator, ClassifierMixin):
         value adds against that feature at its training median."""
         X = np.asarray(X, dtype=np.float64)
         kept = np.flatnonzero(self.keep_)
-        p, probes = probe(lambda rows: self._calibrated(rows[:, self.keep_]), X, self.reference_, kept)
+        columns, values, _ = every_probe(self.reference_, kept)  # one typical value (the median) per column
+        p, probes = probe(lambda rows: self._calibrated(rows[:, self.keep_]), X, columns, values)
         effect = np.zeros(X.shape)
-        effect[:, kept] = p[:, None] - probes.mean(axis=2)
+        effect[:, kept] = p[:, None] - probes
         return top_effects(np.clip(effect, 0, None), X, WARNING_FEATURES, top, minimum=0.01)
 
 

@@ -15,18 +15,24 @@ def reference_quantiles(X: np.ndarray, n: int = 16) -> np.ndarray:
         return np.nanquantile(X, (np.arange(n) + 0.5) / n, axis=0)
 
 
-def probe(predict: Callable[[np.ndarray], np.ndarray], X: np.ndarray, reference: np.ndarray,
-          columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``predict(X)`` (n,), and the probes' predictions (n, len(columns), m): row i with column
-    ``columns[k]`` replaced by each of the m values ``reference[:, k]``."""
+def every_probe(reference: np.ndarray, columns: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(column, value, weight) of each probe that sets column ``columns[k]`` to each of its m typical
+    values ``reference[:, k]``, each weighing 1/m of its column's mean."""
+    m, k = reference.shape
+    return np.repeat(np.asarray(columns, dtype=np.intp), m), reference.T.ravel(), np.full(m * k, 1 / m)
+
+
+def probe(predict: Callable[[np.ndarray], np.ndarray], X: np.ndarray, columns: np.ndarray,
+          values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``predict(X)`` (n,), and the probes' predictions (n, P): probe p is each row with column
+    ``columns[p]`` set to ``values[p]``."""
     X = np.asarray(X, dtype=np.float64)
     n, f = X.shape
-    m = len(reference)
-    probes = np.repeat(X[:, None, None, :], len(columns), axis=1).repeat(m, axis=2)  # (n, columns, m, f)
-    for k, j in enumerate(columns):
-        probes[:, k, :, j] = reference[:, k]
-    out = predict(np.concatenate([X, probes.reshape(-1, f)]))
-    return out[:n], out[n:].reshape(n, len(columns), m)
+    P = len(columns)
+    probes = np.repeat(X[:, None, :], P, axis=1)  # (n, P, f)
+    probes[:, np.arange(P), columns] = values
+    out = predict(np.concatenate([X, probes.reshape(n * P, f)]))
+    return out[:n], out[n:].reshape(n, P)
 
 
 def top_effects(effect: np.ndarray, X: np.ndarray, names, top: int = 3, minimum: float = 5e-4) -> list[list[dict]]:

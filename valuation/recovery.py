@@ -27,7 +27,7 @@ from sklearn.base import BaseEstimator
 from sklearn.ensemble import HistGradientBoostingRegressor
 
 from embeddings.features import order_features
-from valuation.explain import probe, reference_quantiles, top_effects
+from valuation.explain import every_probe, probe, reference_quantiles, top_effects
 from valuation.policy import HAIRCUT_PARTS
 
 PRICE_WINDOW_DAYS = 30   # P and Q: the 30 days before the pledge
@@ -308,26 +308,29 @@ class RecoveryModel(BaseEstimator):
                 return self._small_calls(X)
         return self.quantile_.predict(X)
 
-    def _probe_plan(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-        """The explanation's probes, fewer: (column among the kept, value, weight) per probe. Two typical
-        values of a column between the same two of the trees' split points on it get the same answer from
-        every tree, so one probe stands for both (weighted by how many it stands for), and a column no tree
-        splits on moves nothing. None where the trees are not readable (every probe is then asked)."""
+    def _probe_plan(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The explanation's probes: (column among the kept, value, weight of the column's mean) per probe.
+        Two typical values of a column between the same two of the trees' split points on it get the same
+        answer from every tree, so one probe stands for both (weighted by how many it stands for), and a
+        column no tree splits on moves nothing. Where the trees are not readable, every typical value."""
         if not hasattr(self, "_probes"):
-            self._probes, columns, values, weights = None, [], [], []
-            for column, feature in enumerate(np.flatnonzero(self.keep_)):
-                splits, typical = self.split_points(feature), self.reference_[:, column]
-                if splits is None or np.isnan(typical).any():
-                    return None
-                # a row goes left where value <= threshold: values with one searchsorted(side="left") agree everywhere
-                _, first, count = np.unique(np.searchsorted(splits, typical, side="left"),
-                                            return_index=True, return_counts=True)
-                if len(splits):
-                    columns += [column] * len(first)
-                    values += typical[first].tolist()
-                    weights += (count / len(typical)).tolist()
-            self._probes = np.array(columns, dtype=np.intp), np.array(values), np.array(weights)
+            self._probes = self._pruned_probes() or every_probe(self.reference_, np.arange(self.reference_.shape[1]))
         return self._probes
+
+    def _pruned_probes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        columns, values, weights = [], [], []
+        for column, feature in enumerate(np.flatnonzero(self.keep_)):
+            splits, typical = self.split_points(feature), self.reference_[:, column]
+            if splits is None or np.isnan(typical).any():
+                return None
+            # a row goes left where value <= threshold: values with one searchsorted(side="left") agree everywhere
+            _, first, count = np.unique(np.searchsorted(splits, typical, side="left"),
+                                        return_index=True, return_counts=True)
+            if len(splits):
+                columns += [column] * len(first)
+                values += typical[first].tolist()
+                weights += (count / len(typical)).tolist()
+        return np.array(columns, dtype=np.intp), np.array(values), np.array(weights)
 
     def __getstate__(self) -> dict:
         # a copy: object.__getstate__ hands back the live __dict__
@@ -375,20 +378,11 @@ class RecoveryModel(BaseEstimator):
         X = np.asarray(X, dtype=np.float64)
         kept = np.flatnonzero(self.keep_)
         effect = np.zeros(X.shape)
-        plan = self._probe_plan()
-        if plan is not None:
-            columns, values, weights = plan
-            Xk, n, P = X[:, kept], len(X), len(columns)
-            probes = np.repeat(Xk[:, None, :], P, axis=1)
-            probes[:, np.arange(P), columns] = values
-            out = self._quantile_kept(np.concatenate([Xk, probes.reshape(n * P, -1)]))
-            quantile, probed = out[:n], out[n:].reshape(n, P)
-            mean_of = np.zeros((P, len(kept)))  # probe -> its column's weighted mean
-            mean_of[np.arange(P), columns] = weights
-            effect[:, kept] = (self._bound(probed) - self._bound(quantile)[:, None]) @ mean_of  # > 0: lowers the bound
-        else:
-            quantile, probed = probe(self._quantile, X, self.reference_, kept)
-            effect[:, kept] = self._bound(probed).mean(axis=2) - self._bound(quantile)[:, None]
+        columns, values, weights = self._probe_plan()
+        quantile, probed = probe(self._quantile_kept, X[:, kept], columns, values)
+        mean_of = np.zeros((len(columns), len(kept)))  # probe -> its column's weighted mean
+        mean_of[np.arange(len(columns)), columns] = weights
+        effect[:, kept] = (self._bound(probed) - self._bound(quantile)[:, None]) @ mean_of  # > 0: lowers the bound
         return quantile, top_effects(effect, X, names, top)
 
 
