@@ -107,6 +107,8 @@ def generate_demo_catalog(out: Path | str, *, n_spus: int = 2000, seed: int = 0,
     reviews = _reviews(rng, truth)
     has_history = rng.random(n_spus) >= new_share
     orders = _orders(rng, truth, has_history, days)
+    # buyers come from their own stream, so the rest of the catalogue is what it was before they existed
+    orders = orders.with_columns(_buyers(np.random.default_rng([seed, 0, 1]), orders, n_spus)).cast(ORDERS.polars_schema)
     market = derive_market(orders)
     positions = _positions(rng, truth, market, days)
 
@@ -181,6 +183,18 @@ def _reviews(rng: np.random.Generator, truth: pl.DataFrame) -> pl.DataFrame:
     return frame.unique(subset=list(REVIEWS.key), keep="first", maintain_order=True)
 
 
+def _buyers(rng: np.random.Generator, orders: pl.DataFrame, n_spus: int) -> pl.Series:
+    """Who bought each line: a quarter are guest orders (no id, as on a real web shop); of the rest, 40% come
+    from the SPU's three regulars and the others from the whole pool, a few big buyers taking most."""
+    pool, m = max(50, n_spus // 2), orders.height
+    spu = orders["spu_id"].rank("dense").to_numpy().astype(np.int64) - 1
+    regular = (spu * 7919 + rng.integers(0, 3, m)) % pool
+    anyone = np.minimum(rng.zipf(1.6, m) - 1, pool - 1)
+    buyer = np.where(rng.random(m) < 0.4, regular, anyone)
+    guest = rng.random(m) < 0.25
+    return pl.Series("customer_id", [None if g else f"B{b:05d}" for g, b in zip(guest, buyer)], dtype=pl.String)
+
+
 def _orders(rng: np.random.Generator, truth: pl.DataFrame, has_history: np.ndarray, days: int) -> pl.DataFrame:
     n = truth.height
     cats = truth["category"].to_numpy()
@@ -216,7 +230,7 @@ def _orders(rng: np.random.Generator, truth: pl.DataFrame, has_history: np.ndarr
         "unit_price": np.maximum(unit_price, 0.01),
         "ordered_at": ordered_at,
         "cancelled": rng.random(m) < cancel_rate[spu_idx],
-    }).cast(ORDERS.polars_schema)
+    })
     return frame.sort("ordered_at", "order_id")
 
 

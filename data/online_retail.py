@@ -48,6 +48,7 @@ def read_online_retail(path: Path | str, *, until: str | None = None) -> OnlineR
         pl.col("Quantity").cast(pl.Int64, strict=False),
         _as_datetime(pl.col("InvoiceDate"), raw.schema["InvoiceDate"]),
         pl.col("UnitPrice").cast(pl.Float64, strict=False),
+        _customer(raw),
     )
     if until is not None:
         lines = lines.filter(pl.col("InvoiceDate") < pl.lit(until).str.to_datetime())
@@ -75,6 +76,7 @@ def read_online_retail(path: Path | str, *, until: str | None = None) -> OnlineR
         pl.col("UnitPrice").alias("unit_price"),
         pl.col("InvoiceDate").alias("ordered_at"),
         pl.col("InvoiceNo").str.starts_with("C").alias("cancelled"),
+        pl.col("CustomerID").alias("customer_id"),
     )
     # The most used spelling of a code is its title; ties go to the first seen, so the result is stable.
     spus_raw = (
@@ -101,6 +103,17 @@ def title_variants(path: Path | str) -> pl.DataFrame:
         .unique(maintain_order=True)
         .sort("spu_id", "title")
     )
+
+
+def _customer(raw: pl.DataFrame) -> pl.Expr:
+    """CustomerID as text ("17850", also where a CSV read it as 17850.0); null for guest orders or
+    where the file has no such column."""
+    if "CustomerID" not in raw.columns:
+        return pl.lit(None, dtype=pl.String).alias("CustomerID")
+    column = pl.col("CustomerID")
+    if raw.schema["CustomerID"].is_numeric():
+        column = column.cast(pl.Int64, strict=False)
+    return column.cast(pl.String).str.strip_chars().str.strip_suffix(".0").alias("CustomerID")
 
 
 def _as_datetime(expr: pl.Expr, dtype: pl.DataType) -> pl.Expr:

@@ -99,6 +99,8 @@ ORDERS = TableSchema(
         Column("ordered_at", pl.Datetime("us")),
         # A cancellation is a flagged line with a positive quantity, never a negative quantity.
         Column("cancelled", pl.Boolean, nullable=True, default=False),
+        # who bought: a product many buyers reorder keeps selling after a default; one buyer's stock may not
+        Column("customer_id", pl.String, nullable=True),
     ),
     rules=(
         _blank("order_id"),

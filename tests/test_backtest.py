@@ -19,14 +19,15 @@ T = datetime(2011, 5, 1)
 
 
 def lines(rows):
-    """(spu, days after T, quantity, price[, cancelled]) -> order lines."""
+    """(spu, days after T, quantity, price[, cancelled[, buyer]]) -> order lines."""
     return pl.DataFrame(
         {"order_id": [f"o{i}" for i in range(len(rows))], "spu_id": [r[0] for r in rows],
          "quantity": [r[2] for r in rows], "unit_price": [float(r[3]) for r in rows],
          "ordered_at": [T + timedelta(days=r[1], hours=10) for r in rows],
-         "cancelled": [bool(r[4]) if len(r) > 4 else False for r in rows]},
+         "cancelled": [bool(r[4]) if len(r) > 4 else False for r in rows],
+         "customer_id": [r[5] if len(r) > 5 else None for r in rows]},
         schema={"order_id": pl.String, "spu_id": pl.String, "quantity": pl.Int64, "unit_price": pl.Float64,
-                "ordered_at": pl.Datetime("us"), "cancelled": pl.Boolean})
+                "ordered_at": pl.Datetime("us"), "cancelled": pl.Boolean, "customer_id": pl.String})
 
 
 def recover(rows, positions, horizon=60, salvage=0.25):
@@ -55,6 +56,25 @@ def test_snapshot_reads_only_lines_before_the_pledge_date():
     history = lines([("A", -d, 1, 10.0) for d in range(1, 11)] + [("A", 0, 50, 99.0), ("A", 3, 50, 99.0)])
     snap = market_snapshot(sales_lines(history), T).row(0, named=True)
     assert snap["units_30"] == 10 and snap["price"] == 10.0 and snap["active_days_90"] == 10
+
+
+def test_buyer_features_count_named_buyers_of_the_last_90_days_before_the_pledge():
+    rows = [("A", -1, 5, 10.0, False, "x"), ("A", -2, 5, 10.0, False, "x"),  # x comes back on another day
+            ("A", -40, 10, 10.0, False, "y"),                                   # y: within 90 days, not 30
+            ("A", -3, 100, 10.0),                                               # a guest order names no one
+            ("A", -100, 50, 10.0, False, "z"), ("A", 2, 50, 10.0, False, "w"),  # before the window, after t
+            ("A", -5, 70, 10.0, True, "v"),                                     # cancelled: not a buyer
+            ("B", -1, 3, 4.0), ("B", -2, 3, 4.0)]                               # guests only
+    snap = {r["spu_id"]: r for r in market_snapshot(sales_lines(lines(rows)), T).iter_rows(named=True)}
+    assert (snap["A"]["customers_30"], snap["A"]["customers_90"]) == (1.0, 2.0)
+    assert snap["A"]["top_customer_share_90"] == pytest.approx(10 / 20)
+    assert snap["A"]["repeat_customer_share_90"] == pytest.approx(1 / 2)
+    # no named buyer is unknown, not "no buyers": the trees send it down their missing-value branch
+    assert all(snap["B"][f] is None for f in ("customers_30", "customers_90", "top_customer_share_90",
+                                              "repeat_customer_share_90"))
+    # a catalogue without the column reads like one of guests only
+    assert market_snapshot(sales_lines(lines(rows).drop("customer_id")), T).filter(pl.col("spu_id") == "A")[
+        "customers_90"].item() is None
 
 
 def test_pseudo_pledges_use_only_outcomes_closed_before_the_cutoff():

@@ -22,6 +22,9 @@ def test_round_trip_and_idempotent_reload(store, demo):
     load_all(store, demo)  # the same files again: nothing duplicated
     assert counts == {name: store.count(name) for name in counts}
     assert counts["orders"] == demo.orders.height
+    orders = store.read("orders")  # buyers kept, guests (no id) as null
+    assert orders["customer_id"].to_list() == demo.orders.sort("order_id")["customer_id"].to_list()
+    assert 0 < orders["customer_id"].null_count() < orders.height
     for name in ("spus", "reviews", "market", "positions"):
         got = store.read(name)
         expected = getattr(demo, name).select(got.columns)
@@ -50,11 +53,11 @@ def test_migrations_are_idempotent(store):
     store.migrate()
     store.migrate()
     with store.engine.connect() as connection:
-        assert connection.execute(sa.text("select version_num from alembic_version")).scalar_one() == "0005"
+        assert connection.execute(sa.text("select version_num from alembic_version")).scalar_one() == "0006"
     assert {"spus", "reviews", "orders", "market", "positions"} <= set(store.metadata.tables)
 
 
-def test_upgrade_keeps_the_sweep_results_of_an_older_schema(tmp_path):
+def test_upgrade_keeps_the_sweep_results_and_orders_of_an_older_schema(tmp_path):
     from alembic import command
     from alembic.config import Config
 
@@ -70,11 +73,16 @@ def test_upgrade_keeps_the_sweep_results_of_an_older_schema(tmp_path):
         connection.execute(sa.text("insert into sweep_results (sweep_id, position_id, spu_id, value_source, health, "
                                    "grade, action, reasons) values ('sweep-2024-01-01', 'P1', 'A', 'market', 90, "
                                    "'A', 'ok', '[]')"))
+        connection.execute(sa.text("insert into spus (spu_id, title, images) values ('A', 'a mug', '[]')"))
+        connection.execute(sa.text("insert into orders (order_id, spu_id, quantity, unit_price, ordered_at, cancelled) "
+                                   "values ('o1', 'A', 2, 3.5, '2024-01-01 10:00:00', 0)"))
     engine.dispose()
     store = Store(url)  # migrates to the newest schema
-    rows = store.read("sweep_results")
+    rows, orders = store.read("sweep_results"), store.read("orders")
     store.close()
     assert rows.height == 1 and rows["position_id"][0] == "P1" and rows["p_loss"][0] is None
+    # an order line written before buyers were kept reads as a guest order
+    assert orders.height == 1 and orders["quantity"][0] == 2 and orders["customer_id"][0] is None
 
 
 def test_unknown_table_refused(store):

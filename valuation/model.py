@@ -29,9 +29,10 @@ from valuation.recovery import DRIVER_TYPE, LEARNED_COLUMNS, LearnedHaircut, nei
 from valuation.training import ValueModel, forward_prices, launch_prices
 
 MODEL_NAME = "pledgeval"
-FORMAT_VERSION = 5  # 2: value heads price from comparables by title and by image; 3: learned haircut;
+FORMAT_VERSION = 6  # 2: value heads price from comparables by title and by image; 3: learned haircut;
 # 4: the learned haircut's features changed (value interval out, recent activity in); the early warning;
-# 5: three sparse title views (char ridge, word ridge, word MLP) and the comparables' min/max feed the heads
+# 5: three sparse title views (char ridge, word ridge, word MLP) and the comparables' min/max feed the heads;
+# 6: the learned haircut reads the SPU's buyers (orders' customer_id)
 N_COMPARABLES_SHOWN = 3
 MAX_BATCH = 1000
 IMPOSTOR_SAMPLE = 2000  # known SPUs whose nearest other SPU sets a space's match threshold

@@ -37,7 +37,8 @@ MIN_ACTIVE_DAYS = 5      # an SPU is lendable on history only if it sold on at l
 MARKET_FEATURES = ("log_price", "units_per_day_30", "units_per_day_90", "velocity_trend", "active_share_90",
                    "days_since_last_sale", "age_days", "volatility", "price_trend", "price_dispersion",
                    "unit_price_ratio_30", "unit_price_ratio_90", "low_price_ratio_90", "top_line_share_30", "lines_30",
-                   "active_share_30", "units_per_day_7", "lines_90")
+                   "active_share_30", "units_per_day_7", "lines_90", "customers_30", "customers_90",
+                   "top_customer_share_90", "repeat_customer_share_90")
 HISTORY_FEATURES = ("own_recovery", "own_recovery_n", "comp_recovery", "comp_recovery_n")
 # The value model's interval width is not a feature: it is fitted on all history up to the end of training,
 # so for a past pseudo-pledge it knows what happened after that pledge (goods that kept selling get narrow
@@ -55,9 +56,11 @@ DRIVER_TYPE = pl.List(pl.Struct({"feature": pl.String, "value": pl.Float64, "eff
 
 def sales_lines(orders: pl.DataFrame) -> pl.DataFrame:
     """Lines the market actually paid: not cancelled, positive quantity and finite positive price."""
+    if "customer_id" not in orders.columns:
+        orders = orders.with_columns(pl.lit(None, dtype=pl.String).alias("customer_id"))
     return (orders.lazy().filter(~pl.col("cancelled").fill_null(False) & (pl.col("quantity") > 0)
                                  & (pl.col("unit_price") > 0) & pl.col("unit_price").is_finite())
-            .select("order_id", "spu_id", "quantity", "unit_price", "ordered_at").collect())
+            .select("order_id", "spu_id", "quantity", "unit_price", "ordered_at", "customer_id").collect())
 
 
 def market_snapshot(lines: pl.DataFrame, at: datetime) -> pl.DataFrame:
@@ -84,10 +87,12 @@ def market_snapshot(lines: pl.DataFrame, at: datetime) -> pl.DataFrame:
         (pl.col("ordered_at").filter(last30).dt.date().n_unique() / PRICE_WINDOW_DAYS).alias("active_share_30"),
         (pl.col("quantity").filter(days_ago < 7).sum() / 7).alias("units_per_day_7"),
     ).collect())
+    buyers = _buyers(seen.filter(days_ago < HISTORY_DAYS), at).collect()
     # volatility is the catalogue's own definition (weekly medians), over the same 90 days
     volatility = order_features(lines.with_columns(pl.lit(False).alias("cancelled")),
                                 as_of=at - timedelta(microseconds=1), window_days=HISTORY_DAYS)
     return (state.join(volatility.select("spu_id", "volatility"), on="spu_id", how="left", maintain_order="left")
+            .join(buyers, on="spu_id", how="left", maintain_order="left")
             .with_columns(
                 pl.col("price").log().alias("log_price"),
                 (pl.col("units_30") / PRICE_WINDOW_DAYS).alias("units_per_day_30"),
@@ -106,6 +111,22 @@ def market_snapshot(lines: pl.DataFrame, at: datetime) -> pl.DataFrame:
                 (pl.col("_top_line_30") / pl.col("units_30")).alias("top_line_share_30"))
             .drop("_revenue_30", "_revenue_90", "_low_price_90", "_top_line_30")
             .sort("spu_id"))
+
+
+def _buyers(recent: pl.LazyFrame, at: datetime) -> pl.LazyFrame:
+    """Who bought each SPU in the 90 days before ``at``, counting only lines with a known buyer: distinct
+    buyers over 30 and 90 days, the biggest buyer's share of units, and the share of buyers who came back
+    on another day. Goods many buyers reorder keep selling after a default; one buyer's stock may not.
+    All null where no line names its buyer (guest orders, or a catalogue without buyers)."""
+    known = recent.filter(pl.col("customer_id").is_not_null())
+    per_buyer = (known.group_by("spu_id", "customer_id").agg(
+        pl.col("quantity").sum().alias("_units"), pl.col("ordered_at").dt.date().n_unique().alias("_days"),
+        (pl.col("ordered_at").max() >= at - timedelta(days=PRICE_WINDOW_DAYS)).alias("_last_30")))
+    return per_buyer.group_by("spu_id").agg(
+        pl.col("_last_30").sum().cast(pl.Float64).alias("customers_30"),
+        pl.len().cast(pl.Float64).alias("customers_90"),
+        (pl.col("_units").max() / pl.col("_units").sum()).alias("top_customer_share_90"),
+        (pl.col("_days") > 1).mean().alias("repeat_customer_share_90"))
 
 
 def eligible(snapshot: pl.DataFrame, min_active_days: int = MIN_ACTIVE_DAYS) -> pl.DataFrame:
