@@ -361,6 +361,46 @@ def report(records: list[tuple], samples: list[dict], sweeps: list[dict], args, 
     return line
 
 
+def memtrace_report(folder: Path, workers: list[str], after_wall: float, top: int = 12) -> str:
+    """Per worker: Python-traced memory against RSS between its first snapshot after the warm-up and its
+    last, and the allocation sites (by traceback) that grew most. Returns key=value pairs to append."""
+    import tracemalloc
+
+    def where(frames) -> str:
+        # the innermost frame (a Traceback runs from the oldest frame to the most recent), and the innermost
+        # one in this project's code when that is another
+        def short(frame):
+            path = Path(frame.filename)
+            text = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else "/".join(path.parts[-2:])
+            return f"{text.replace('.venv/lib/python3.11/site-packages/', '')}:{frame.lineno}"
+        own = next((f for f in reversed(frames) if Path(f.filename).is_relative_to(ROOT)
+                    and ".venv" not in Path(f.filename).parts), None)
+        return short(frames[-1]) + (f" <- {short(own)}" if own is not None and own is not frames[-1] else "")
+
+    traced_total, rss_total, rows = 0.0, 0.0, []
+    for pid in workers:
+        log = folder / f"{pid}.jsonl"
+        marks = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
+        marks = [m for m in marks if m["wall"] >= after_wall]
+        if len(marks) < 2:
+            print(f"tracemalloc: worker {pid} has {len(marks)} snapshot(s) after the warm-up; nothing to compare")
+            continue
+        first, last = marks[0], marks[-1]
+        minutes = (last["wall"] - first["wall"]) / 60
+        traced, rss = (last["traced_mb"] - first["traced_mb"]) / minutes, (last["rss_mb"] - first["rss_mb"]) / minutes
+        traced_total, rss_total = traced_total + traced, rss_total + rss
+        before = tracemalloc.Snapshot.load(str(folder / f"{pid}-{first['n']:03d}.snap"))
+        after = tracemalloc.Snapshot.load(str(folder / f"{pid}-{last['n']:03d}.snap"))
+        print(f"\ntracemalloc, worker {pid}, {minutes:.1f} min from snapshot {first['n']} to {last['n']}: "
+              f"traced {first['traced_mb']:.1f} -> {last['traced_mb']:.1f} MB ({traced:+.2f} MB/min), "
+              f"RSS {first['rss_mb']:.0f} -> {last['rss_mb']:.0f} MB ({rss:+.2f} MB/min)")
+        grew = sorted(after.compare_to(before, "traceback"), key=lambda d: -d.size_diff)[:top]
+        rows = [[fmt(d.size_diff / 2**20, 3), f"{d.count_diff:+d}", fmt(d.size / 2**20, 2), where(d.traceback)]
+                for d in grew]
+        print_table(f"worker {pid}: allocation sites that grew most", ["+MB", "+blocks", "MB now", "where"], rows)
+    return f" traced_growth_mb_per_min={fmt(traced_total, 2)} traced_rss_growth_mb_per_min={fmt(rss_total, 2)}"
+
+
 # -- main ---------------------------------------------------------------------------------------------
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -382,6 +422,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--ready-timeout", type=float, default=600, help="seconds to wait for /readyz")
     parser.add_argument("--out", default=None, help="JSON with every sample (default: <tmp dir>/soak.json)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tracemalloc", type=float, default=0, metavar="MINUTES",
+                        help="trace the server's Python allocations; snapshot every MINUTES and report what grew")
     return parser.parse_args()
 
 
@@ -407,6 +449,11 @@ def main() -> None:
     key = "soak-" + secrets.token_hex(12)
     server_env = {**env, "PLEDGEVAL_API_KEY": key, "PLEDGEVAL_SCHEDULE": "off", "PLEDGEVAL_DB_URL": db_url,
                   "PLEDGEVAL_BUILD_DEMO": "off", "PLEDGEVAL_MODEL": args.model}
+    if args.tracemalloc > 0:
+        trace_dir = tmp / "memtrace"
+        trace_dir.mkdir()
+        server_env.update(PLEDGEVAL_MEMTRACE_DIR=str(trace_dir), PLEDGEVAL_MEMTRACE_EVERY=str(args.tracemalloc * 60),
+                          PYTHONPATH=os.pathsep.join([str(ROOT / "bench" / "memtrace"), env.get("PYTHONPATH", "")]))
     port = free_port()
     print(f"starting bentoml serve on port {port} (log {tmp / 'server.log'}) ...", flush=True)
     server = Server(port, server_env, tmp / "server.log")
@@ -434,7 +481,7 @@ def main() -> None:
         users = args.users or max(4, math.ceil(args.rps))
         user_class = make_user(key, spu_ids, titles, position_ids, weights, args.rps / users)
         locust_env = Environment(user_classes=[user_class], events=events, host=server.base)
-        t0 = time.monotonic()
+        t0, load_wall = time.monotonic(), time.time()
 
         def on_request(request_type, name, response_time, response_length, exception=None, response=None, **kw):
             status = getattr(response, "status_code", 0) or 0
@@ -483,6 +530,9 @@ def main() -> None:
     if server.proc.returncode not in (None, 0, -signal.SIGTERM):
         print(f"(bentoml serve exited with {server.proc.returncode})")
     line = report(records, samples, sweeps, args, duration_s, out)
+    if args.tracemalloc > 0:
+        workers = sorted({pid for sample in samples for pid, p in sample["procs"].items() if p["worker"]}, key=int)
+        line += memtrace_report(tmp / "memtrace", workers, load_wall + args.warmup * 60)
     print(f"server log: {tmp / 'server.log'}")
     print(line, flush=True)
 

@@ -24,6 +24,7 @@ from serving.auth import ApiKeyMiddleware, api_key
 from serving.batching import PriceBatcher
 from serving.config import service_config
 from serving.errors import ErrorShapeMiddleware, quiet_client_errors
+from serving.metrics import install as count_requests_by_route
 from serving.routes import SERVICE_STATE, MountRootPaths, alerts_app, catalog_app, desk_app, positions_app, reports_app, sweeps_app
 from serving.schemas import MAX_BATCH, MarketObservation, PriceItem, SpuQuery, status_of
 from valuation.policy import currency_of
@@ -411,6 +412,7 @@ class PledgeService:
                 log.exception("scheduled sweep failed")
 
 
+count_requests_by_route()
 PledgeService.add_asgi_middleware(ApiKeyMiddleware)
 PledgeService.add_asgi_middleware(ErrorShapeMiddleware)
 PledgeService.add_asgi_middleware(MountRootPaths)

@@ -2,6 +2,7 @@
 
 import base64
 import io
+import re
 from datetime import timedelta
 
 import httpx
@@ -104,6 +105,35 @@ def test_similar_admit_sweep_and_health(server):
         refused = client.post("/sweep", json={"as_of": far})
         assert refused.status_code == 422 and "as_of" in refused.text, refused.text
     assert client.get("/metrics").status_code == 200
+
+
+def test_request_metrics_count_routes_with_ids_under_their_template(server):
+    # BentoML labels by raw path: every position id, and every path a client makes up, was a new series
+    client, tables = server
+    ids = tables["positions"]["position_id"].to_list()[:3]
+    for position in ids:
+        client.get(f"/positions/{position}/health")
+    client.get("/no/such-route-7f3a")
+    metrics = client.get("/metrics").text
+    endpoints = set(re.findall(r'endpoint="([^"]*)"', metrics))
+    assert "/positions/{position_id}/health" in endpoints and "/price" in endpoints, sorted(endpoints)
+    assert not any(position in metrics for position in ids) and "such-route" not in metrics
+    assert "{unmatched}" in endpoints
+
+
+def test_route_templates():
+    from serving.metrics import route_template
+
+    assert route_template("/price", frozenset({"/price"})) == "/price"
+    assert route_template("/positions/P1/health") == "/positions/{position_id}/health"
+    assert route_template("/positions/changes") == "/positions/changes"
+    assert route_template("/sweeps/sweep-2024-01-01") == "/sweeps/{sweep_id}"
+    assert route_template("/sweeps/sweep-2024-01-01/report") == "/sweeps/{sweep_id}/report"
+    assert route_template("/catalog/A1/image") == "/catalog/{spu_id}/image"
+    assert route_template("/desk/desk.js") == "/desk/{file}"
+    assert route_template("/metrics") == "/metrics"
+    assert route_template("/positions/P1/health/../../x") == "{unmatched}"
+    assert route_template("/price") == "{unmatched}"  # not among this service's API routes
 
 
 def test_desk_page_is_open_but_its_data_needs_the_key(server):
