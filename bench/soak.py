@@ -41,6 +41,12 @@ What it does, in order:
    ``rss_growth_first5_mb_per_min`` the slope over the samples in the first 5 minutes (``nan`` when fewer
    than 2 samples). Every sample and request summary is also written as JSON (``--out``).
 
+8. Python allocations (``--tracemalloc MINUTES``). ``bench/memtrace/sitecustomize.py`` runs in every
+   server process: after MINUTES it starts ``tracemalloc``, then snapshots every MINUTES. The report adds,
+   per worker, traced memory against RSS from the first snapshot after ``--warmup`` to the last, and the
+   allocation sites that grew most; the last line gains ``traced_growth_mb_per_min`` and
+   ``traced_rss_growth_mb_per_min`` (both workers). Tracing slows the workers: read its latencies as such.
+
 The server is stopped (SIGTERM to its process group, SIGKILL after 30 s) at the end, on Ctrl-C, SIGTERM
 and errors. ``--mix`` changes the route weights (e.g. ``--mix 100,0,0`` for /price by spu_id only) to
 find which route a memory growth comes from.
@@ -377,7 +383,7 @@ def memtrace_report(folder: Path, workers: list[str], after_wall: float, top: in
                     and ".venv" not in Path(f.filename).parts), None)
         return short(frames[-1]) + (f" <- {short(own)}" if own is not None and own is not frames[-1] else "")
 
-    traced_total, rss_total, rows = 0.0, 0.0, []
+    traced_total, rss_total = 0.0, 0.0
     for pid in workers:
         log = folder / f"{pid}.jsonl"
         marks = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
@@ -453,7 +459,7 @@ def main() -> None:
         trace_dir = tmp / "memtrace"
         trace_dir.mkdir()
         server_env.update(PLEDGEVAL_MEMTRACE_DIR=str(trace_dir), PLEDGEVAL_MEMTRACE_EVERY=str(args.tracemalloc * 60),
-                          PYTHONPATH=os.pathsep.join([str(ROOT / "bench" / "memtrace"), env.get("PYTHONPATH", "")]))
+                          PYTHONPATH=os.pathsep.join(p for p in (str(ROOT / "bench" / "memtrace"), env.get("PYTHONPATH")) if p))
     port = free_port()
     print(f"starting bentoml serve on port {port} (log {tmp / 'server.log'}) ...", flush=True)
     server = Server(port, server_env, tmp / "server.log")

@@ -20,8 +20,8 @@ import re
 
 log = logging.getLogger(__name__)
 
-FIXED = frozenset({"/metrics", "/healthz", "/livez", "/readyz", "/positions/changes", "/alerts", "/alerts/",
-                   "/reports/backtest", "/desk", "/desk/", "/desk/settings.json"})
+FIXED = frozenset({"/", "/docs", "/docs.json", "/metrics", "/healthz", "/livez", "/readyz", "/positions/changes",
+                   "/alerts", "/alerts/", "/reports/backtest", "/desk", "/desk/", "/desk/settings.json"})
 TEMPLATES = (
     (re.compile(r"/positions/[^/]+/health"), "/positions/{position_id}/health"),
     (re.compile(r"/sweeps/[^/]+/report"), "/sweeps/{sweep_id}/report"),
