@@ -71,10 +71,13 @@ def install() -> bool:
 
         def __init__(self, app, *args, **kwargs) -> None:
             super().__init__(_RealPath(app), *args, **kwargs)
+            self._api_routes: frozenset[str] | None = None
 
         async def __call__(self, scope, receive, send):
             if scope.get("type") == "http":
-                template = route_template(scope["path"], _api_routes())
+                if self._api_routes is None:  # the worker sets its routes once, before serving
+                    self._api_routes = _api_routes()
+                template = route_template(scope["path"], self._api_routes)
                 if template != scope["path"]:
                     scope = {**scope, "path": template, REAL_PATH: scope["path"]}
             await super().__call__(scope, receive, send)
