@@ -232,3 +232,64 @@ def test_a_sweep_in_parts_stores_what_the_whole_book_at_once_does(tmp_path):
     from polars.testing import assert_frame_equal
 
     assert_frame_equal(results[0], results[1], check_exact=False)  # a std summed in another order: last bits
+
+
+def test_pledge_prices_are_the_window_before_each_pledge_as_defined():
+    """The calendar-and-rolling-window computation against the definition, read straight: every market
+    day of the SPU in [pledged_at - window, pledged_at), on a market with gaps, zero-unit days, a pledge
+    before any history and an SPU with no market at all."""
+    import numpy as np
+
+    from monitoring.health import pledge_prices
+
+    config = load_config()
+    window = config["market"]["pledge_window_days"]
+    rng = np.random.default_rng(3)
+    start = date(2024, 1, 1)
+    days = [(spu, start + timedelta(days=d)) for spu in ("A", "B", "C") for d in range(90) if rng.random() < 0.4]
+    market = pl.DataFrame({"spu_id": [s for s, _ in days], "date": [d for _, d in days],
+                           "price": np.round(rng.uniform(5, 15, len(days)), 2),
+                           "units_sold": rng.integers(0, 4, len(days))})  # some days sold nothing at a quoted price
+    pledges = [("A", start + timedelta(days=d)) for d in (0, 3, 29, 30, 31, 60, 89)] + \
+              [("B", start + timedelta(days=d)) for d in (10, 45, 45, 80)] + [("C", start - timedelta(days=9)), ("Z", start)]
+    positions = pl.DataFrame({"spu_id": [s for s, _ in pledges], "pledged_at": [d for _, d in pledges]})
+
+    got = pledge_prices(market, positions, config).collect()
+    by_pair = {(r["spu_id"], r["pledged_at"]): r for r in got.iter_rows(named=True)}
+    for spu, at in set(pledges):
+        inside = market.filter((pl.col("spu_id") == spu) & (pl.col("date") >= at - timedelta(days=window))
+                               & (pl.col("date") < at))
+        row = by_pair.get((spu, at), {})
+        if inside.height == 0:
+            assert row.get("pledge_market_price") is None and row.get("pledge_rate") is None
+            continue
+        units = inside["units_sold"]
+        assert row["pledge_market_price"] == pytest.approx(inside["price"].median())
+        assert row["pledge_rate"] == pytest.approx(units.sum() / window)
+        assert row["pledge_active_share"] == pytest.approx(inside.height / window)
+        if units.sum():
+            assert row["pledge_top_day_share"] == pytest.approx(units.max() / units.sum())
+
+
+def test_comparables_features_do_not_depend_on_the_order_rows_arrive_in():
+    """Means of the same comparables summed in another order differ in the last bits; a tree split between
+    two such values would move p_loss from one sweep of the same data to the next."""
+    import numpy as np
+
+    from monitoring.health import position_frame
+
+    rng = np.random.default_rng(5)
+    spus = [f"S{i:03d}" for i in range(150)]
+    market = pl.concat([steady_market(s, price=float(rng.uniform(5, 50)), units=int(rng.integers(1, 9)),
+                                      every=int(rng.integers(1, 4))) for s in spus])
+    positions = pl.concat([book(position_id=f"P{i}", spu_id=s) for i, s in enumerate(spus)])
+    neighbours = pl.DataFrame({"spu_id": np.repeat(spus, 10), "neighbour": rng.choice(spus, 10 * len(spus))})
+    columns = ["comparables_sales_4w_vs_12w", "comparables_price_4w_vs_12w", "comparables_active_share_4w"]
+
+    def features(neighbour_rows: pl.DataFrame) -> pl.DataFrame:
+        frame = position_frame(positions, market, AS_OF, load_config(), features=True, neighbours=neighbour_rows)
+        return frame.collect().sort("position_id").select("position_id", *columns)
+
+    first = features(neighbours)
+    for seed in range(3):
+        assert features(neighbours.sample(fraction=1.0, shuffle=True, seed=seed)).equals(first)
