@@ -19,15 +19,28 @@ of pricing).
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 from typing import Callable
 
 import anyio
 from prometheus_client import Histogram
 
-from serving.heap import release_freed_heap
-
 BATCH_ITEMS = Histogram("pledgeval_price_batch_items", "Items priced in one call to the encoder path",
                         buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1000))
+
+
+def _malloc_trim() -> Callable[[], None]:
+    """glibc's malloc_trim(0), or nothing where the C library has none (macOS, musl)."""
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return lambda: None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return lambda: trim(0)
+
+
+release_freed_heap = _malloc_trim()
 
 
 class PriceBatcher:

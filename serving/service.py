@@ -24,15 +24,12 @@ from serving.auth import ApiKeyMiddleware, api_key
 from serving.batching import PriceBatcher
 from serving.config import service_config
 from serving.errors import ErrorShapeMiddleware, quiet_client_errors
-from serving.heap import arenas_setting, limit_arenas
 from serving.metrics import install as count_requests_by_route
 from serving.routes import SERVICE_STATE, MountRootPaths, alerts_app, catalog_app, desk_app, positions_app, reports_app, sweeps_app
 from serving.schemas import MAX_BATCH, MarketObservation, PriceItem, SpuQuery, status_of
 from valuation.policy import currency_of
 
 log = logging.getLogger("pledgeval")
-# before the request threads start, which would each take a malloc arena of their own
-limit_arenas(arenas_setting())
 WORST_SHOWN = 200  # positions the book view lists, the largest amount at risk first
 INLINE_BATCH = 16  # known-SPU requests up to this size are answered on the event loop
 DEMO_DIR = Path(os.environ.get("PLEDGEVAL_DEMO_DIR", "var/demo"))
