@@ -7,7 +7,7 @@ memory and in the multiprocess files behind ``/metrics``. In a 35-minute soak on
 they were the largest growth ``tracemalloc`` saw in a worker (about 4,000 new entries each); on a real
 book, or under a scanner inventing paths, they grow without bound.
 
-``install()`` has BentoML's metrics middleware see the route's template instead
+``install(mounts)`` has BentoML's metrics middleware see the route's template instead
 (``/positions/{position_id}/health``; ``{unmatched}`` for a path no route serves). Every middleware and
 route inside it still sees the real path, so access logs and routing are unchanged. The middleware is a
 private part of BentoML: where it is not found, ``install`` leaves BentoML's own in place and logs why.
@@ -18,27 +18,43 @@ from __future__ import annotations
 import logging
 import re
 
+from starlette.routing import Mount
+
 log = logging.getLogger(__name__)
 
-FIXED = frozenset({"/", "/docs", "/docs.json", "/metrics", "/healthz", "/livez", "/readyz", "/positions/changes",
-                   "/alerts", "/alerts/", "/reports/backtest", "/desk", "/desk/", "/desk/settings.json"})
-TEMPLATES = (
-    (re.compile(r"/positions/[^/]+/health"), "/positions/{position_id}/health"),
-    (re.compile(r"/sweeps/[^/]+/report"), "/sweeps/{sweep_id}/report"),
-    (re.compile(r"/sweeps/[^/]+"), "/sweeps/{sweep_id}"),
-    (re.compile(r"/catalog/[^/]+/image"), "/catalog/{spu_id}/image"),
-    (re.compile(r"/desk/[^/]+"), "/desk/{file}"),
-)
+BENTOML_ROUTES = frozenset({"/", "/docs", "/docs.json", "/metrics", "/healthz", "/livez", "/readyz"})
 UNMATCHED = "{unmatched}"
 REAL_PATH = "pledgeval.real_path"  # the scope key the real path travels in past the metrics middleware
 
 
-def route_template(path: str, api_routes: frozenset[str] = frozenset()) -> str:
-    """The label a request to ``path`` is counted under: itself for a fixed route or an API route, the
-    template of a route with an id, ``{unmatched}`` otherwise."""
-    if path in FIXED or path in api_routes:
-        return path
-    return next((template for pattern, template in TEMPLATES if pattern.fullmatch(path)), UNMATCHED)
+class RouteLabels:
+    """The label a request path is counted under, from the service's mounted Starlette apps (``mount_apps``:
+    (app, prefix, name)), so that a route added there is labelled without an edit here: a route without
+    parameters by its path (a mount's root, e.g. ``/alerts``, too), one with parameters by its template
+    (``/positions/{position_id}/health``), a file under a static mount by ``<prefix>/{file}``."""
+
+    def __init__(self, mounts) -> None:
+        fixed, templates = set(BENTOML_ROUTES), []
+        for app, prefix, *_ in mounts:
+            for route in getattr(app, "routes", []):
+                if route.path in ("", "/"):  # the app's root, asked with or without the slash
+                    fixed |= {prefix, prefix + "/"}
+                if isinstance(route, Mount):  # static files: one label for all of them
+                    templates.append((re.compile(re.escape(prefix + route.path) + "/[^/]+"),
+                                      f"{prefix}{route.path}/{{file}}"))
+                elif route.param_convertors:
+                    templates.append((re.compile(re.escape(prefix) + route.path_regex.pattern.lstrip("^").rstrip("$")),
+                                      prefix + route.path))
+                else:
+                    fixed.add(prefix + route.path)
+        self.fixed, self.templates = frozenset(fixed), tuple(templates)
+
+    def __call__(self, path: str, api_routes: frozenset[str] = frozenset()) -> str:
+        """Itself for a fixed route or an API route, the template of a route with parameters, ``{unmatched}``
+        otherwise."""
+        if path in self.fixed or path in api_routes:
+            return path
+        return next((template for pattern, template in self.templates if pattern.fullmatch(path)), UNMATCHED)
 
 
 class _RealPath:
@@ -53,9 +69,10 @@ class _RealPath:
         await self.app(scope, receive, send)
 
 
-def install() -> bool:
+def install(mounts) -> bool:
     """Replace BentoML's request-metrics middleware by one that labels by route template (before the app
-    is built: the worker builds it after importing the service). True when installed."""
+    is built: the worker builds it after importing the service); ``mounts``: the service's ``mount_apps``.
+    True when installed."""
     try:
         from bentoml._internal.server.http import instruments
 
@@ -65,6 +82,7 @@ def install() -> bool:
         return False
     if getattr(base, "labels_by_template", False):
         return True
+    labels = RouteLabels(mounts)
 
     class TemplatedPathMetrics(base):
         labels_by_template = True
@@ -77,7 +95,7 @@ def install() -> bool:
             if scope.get("type") == "http":
                 if self._api_routes is None:  # the worker sets its routes once, before serving
                     self._api_routes = _api_routes()
-                template = route_template(scope["path"], self._api_routes)
+                template = labels(scope["path"], self._api_routes)
                 if template != scope["path"]:
                     scope = {**scope, "path": template, REAL_PATH: scope["path"]}
             await super().__call__(scope, receive, send)

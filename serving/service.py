@@ -412,7 +412,7 @@ class PledgeService:
                 log.exception("scheduled sweep failed")
 
 
-count_requests_by_route()
+count_requests_by_route(PledgeService.mount_apps)
 PledgeService.add_asgi_middleware(ApiKeyMiddleware)
 PledgeService.add_asgi_middleware(ErrorShapeMiddleware)
 PledgeService.add_asgi_middleware(MountRootPaths)
