@@ -256,7 +256,7 @@ def _with_reasons(frame: pl.DataFrame, conditions: dict[str, pl.Expr]) -> pl.Dat
     lists = pl.DataFrame({"_reason_mask": pl.Series(range(1 << len(codes)), dtype=pl.UInt32),
                           "reasons": pl.Series([[c for i, c in enumerate(codes) if m >> i & 1] for m in range(1 << len(codes))],
                                                dtype=pl.List(pl.String))})
-    return (frame.drop("reasons", strict=False).with_columns(mask.alias("_reason_mask"))
+    return (frame.with_columns(mask.alias("_reason_mask"))
             .join(lists, on="_reason_mask", how="left", maintain_order="left").drop("_reason_mask"))
 
 
