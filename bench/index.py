@@ -5,14 +5,17 @@
     python bench/index.py --from-shards --spus 2000000   # built from vector shards; peak memory
 
 ``--from-shards`` writes the vectors as backfill shards of 100,000 (in a child process, so that this one
-never holds them), builds ``SpuIndex.from_shards`` of ``--kind`` (default ivfsq) and of ivfpq beside
-it, and measures recall@10 against exact search over the shards, single-query latency, and the peak
-resident memory of this process (``ru_maxrss``).
+never holds them), builds ``SpuIndex.from_shards`` of ``--kind`` (default ivfsq), the same in ``--parts``
+parts (searched together through faiss.IndexShards), and ivfpq, and measures recall@10 against exact
+search over the shards, single-query latency, and the peak resident memory of this process
+(``ru_maxrss``). The index in parts is saved, and a fresh child process loads one part, then another the
+whole index: the memory a machine that serves one part needs, against the whole.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -59,9 +62,23 @@ def write_shards(folder: Path, n: int, dim: int, seed: int) -> list[Path]:
     return paths
 
 
+def resident_mb() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") / 2**20)
+
+
+def load_rss_mb(folder: Path, parts: list[int] | None) -> float:
+    """In a fresh process: resident memory that loading the index (or only ``parts``) adds."""
+    before = resident_mb()
+    index = SpuIndex.load(folder, parts=parts)
+    assert len(index)
+    return resident_mb() - before
+
+
 def from_shards(args) -> None:
     import multiprocessing
     import resource
+    import shutil
     import tempfile
 
     folder = Path(tempfile.mkdtemp(prefix="bench-index-shards-"))
@@ -70,10 +87,11 @@ def from_shards(args) -> None:
     baseline_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the libraries, before any index
     print(f"{len(shards)} shards of {args.dim}-dim vectors in {folder}; this process holds {baseline_mb:,.0f} MB "
           "before building", flush=True)
-    rows = []
-    for kind in dict.fromkeys([args.kind if args.kind != "auto" else "ivfsq", "ivfpq"]):
+    rows, main_kind = [], args.kind if args.kind != "auto" else "ivfsq"
+    builds = [(main_kind, 1), (main_kind, args.parts), ("ivfpq", 1)]
+    for kind, parts in dict.fromkeys(builds):
         t0 = time.perf_counter()
-        index = SpuIndex.from_shards(shards, "bench", kind)
+        index = SpuIndex.from_shards(shards, "bench", kind, parts=parts)
         build_s = time.perf_counter() - t0
         rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         t0 = time.perf_counter()
@@ -88,18 +106,34 @@ def from_shards(args) -> None:
             latencies.append((time.perf_counter() - t) * 1000)
         faiss.omp_set_num_threads(0)
         p50, p99 = np.percentile(latencies, [50, 99])
-        rows.append([kind, f"{build_s:.0f}", f"{recall:.4f}", f"{p50:.2f}", f"{p99:.2f}", f"{rss_mb:,.0f}",
+        label = f"{kind} in {parts} parts" if parts > 1 else kind
+        rows.append([label, f"{build_s:.0f}", f"{recall:.4f}", f"{p50:.2f}", f"{p99:.2f}", f"{rss_mb:,.0f}",
                      f"{recall_s:.0f}"])
-        print(f"{kind}: recall@10 {recall:.4f}, peak RSS so far {rss_mb:,.0f} MB", flush=True)
-        if kind == rows[0][0]:
+        print(f"{label}: recall@10 {recall:.4f}, peak RSS so far {rss_mb:,.0f} MB", flush=True)
+        if (kind, parts) == builds[0]:
             first = (recall, p99, rss_mb, build_s, kind)
+        if (kind, parts) == builds[1] and parts > 1:
+            in_parts = (recall, p99)
+            index.save(folder / "parted")
         del index
     print_table(f"SPU index from {len(shards)} shards, {args.spus:,} vectors of {args.dim} dims",
                 ["index", "build s", "recall@10 vs exact", "p50 ms", "p99 ms", "peak RSS MB (process)",
                  "exact check s"], rows)
     recall, p99, rss_mb, build_s, kind = first
+    parted = ""
+    if args.parts > 1:
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            part_mb = pool.apply(load_rss_mb, (folder / "parted", [0]))
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            whole_mb = pool.apply(load_rss_mb, (folder / "parted", None))
+        print(f"loading the saved index in {args.parts} parts in a fresh process: one part adds {part_mb:,.0f} MB, "
+              f"all of them {whole_mb:,.0f} MB")
+        parted = (f"parts={args.parts} parts_recall_at_10={in_parts[0]:.4f} parts_p99_ms={in_parts[1]:.2f} "
+                  f"parts_over_whole_p99={in_parts[1] / p99:.2f} one_part_load_mb={part_mb:.0f} "
+                  f"all_parts_load_mb={whole_mb:.0f} ")
+        shutil.rmtree(folder / "parted")
     print(f"recall_at_10={recall:.4f} p99_ms={p99:.2f} peak_rss_mb={rss_mb:.0f} build_s={build_s:.0f} kind={kind} "
-          f"ivfpq_recall_at_10={float(rows[-1][2]):.4f} baseline_rss_mb={baseline_mb:.0f} n={args.spus} "
+          f"ivfpq_recall_at_10={float(rows[-1][2]):.4f} {parted}baseline_rss_mb={baseline_mb:.0f} n={args.spus} "
           f"shards={len(shards)}")
     for path in shards:
         path.unlink()
@@ -114,6 +148,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=384, help="the default encoder's dimension")
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--kind", default="auto")
+    parser.add_argument("--parts", type=int, default=4, help="--from-shards: also build the index in this many parts")
     args = parser.parse_args()
     if args.from_shards:
         from_shards(args)

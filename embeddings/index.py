@@ -6,9 +6,15 @@ Inner product on L2-normalised vectors (= cosine). The FAISS structure is chosen
 index bench) or ``ivfpq`` (product-quantised codes, 64 bytes a vector: the smallest, but recall@10
 under 0.5 on the bench's vectors, so only where memory rules everything else out).
 
+An IVF index built from vector shards may be split into **parts** (``from_shards(parts=N)``): N IVF
+indexes sharing one trained quantiser, each holding the vectors of a contiguous run of shards, searched
+together through ``faiss.IndexShards`` (each part's top k, merged). Each part is its own file, so a
+machine can load only some of them (``load(parts=[k])``) when the whole does not fit in its memory.
+
 On disk a saved index is a folder with ``manifest.json`` pointing at one generation of files
-(``index-<gen>.faiss``, ``meta-<gen>.parquet``). A save writes a new generation, then swaps the
-manifest with an atomic rename: a crash at any point leaves the previous generation loadable.
+(``index-<gen>.faiss`` or ``index-<gen>-p<k>.faiss`` per part, ``meta-<gen>.parquet``). A save writes a
+new generation, then swaps the manifest with an atomic rename: a crash at any point leaves the previous
+generation loadable.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from data.files import write_atomic
 EXACT_BELOW = 50_000
 KINDS = ("auto", "flat", "hnsw", "ivfsq", "ivfpq")
 IVF_KINDS = ("ivfsq", "ivfpq")  # trained on the vectors, and keep our ids in a hashtable direct map
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: an index in parts (``part_files``); an index in one file is still written as 1
 
 
 class IndexMismatchError(ValueError):
@@ -47,6 +53,10 @@ class SpuIndex:
         self.hnsw_m, self.ef_search, self.nprobe = hnsw_m, ef_search, nprobe
         self.meta = pl.DataFrame(schema={"id": pl.Int64, "spu_id": pl.String})
         self._index: faiss.Index | None = None
+        # an index in parts: _index is the faiss.IndexShards over _parts, and part k holds the ids from
+        # _part_starts[k] up to the next part's start (ids only grow, so a new SPU goes to the last part)
+        self._parts: list[faiss.Index] | None = None
+        self._part_starts: np.ndarray | None = None
         self._kind_built: str | None = None
         self._lookup: np.ndarray | None = None
         self._lookup_for: pl.DataFrame | None = None
@@ -111,7 +121,12 @@ class SpuIndex:
         ids[fresh] = np.arange(self._next_id, self._next_id + int(fresh.sum()))
         self._next_id += int(fresh.sum())
 
-        if self._index is None or self.resolved_kind(len(self) + len(ids)) != self._built_kind:
+        if self._parts is not None:
+            part = self._part_of(ids)
+            for k in np.unique(part):
+                self._parts[k].add_with_ids(vectors[part == k], ids[part == k])
+            self._index.syncWithSubIndexes()
+        elif self._index is None or self.resolved_kind(len(self) + len(ids)) != self._built_kind:
             self._rebuild(extra=(ids, vectors))
         else:
             self._index.add_with_ids(vectors, ids)
@@ -135,14 +150,38 @@ class SpuIndex:
         else:
             ids = np.ascontiguousarray(ids, dtype=np.int64)
             # IVF's hashtable direct map removes only by an explicit id array.
-            selector = faiss.IDSelectorArray(len(ids), faiss.swig_ptr(ids)) if self._built_kind in IVF_KINDS else ids
-            self._index.remove_ids(selector)
+            if self._parts is not None:
+                part = self._part_of(ids)
+                for k in np.unique(part):
+                    mine = np.ascontiguousarray(ids[part == k])
+                    self._parts[k].remove_ids(faiss.IDSelectorArray(len(mine), faiss.swig_ptr(mine)))
+                self._index.syncWithSubIndexes()
+            else:
+                selector = faiss.IDSelectorArray(len(ids), faiss.swig_ptr(ids)) if self._built_kind in IVF_KINDS else ids
+                self._index.remove_ids(selector)
             self.meta = self.meta.filter(~pl.col("spu_id").is_in(spu_ids))
 
     def vectors(self, ids: np.ndarray) -> np.ndarray:
         if len(ids) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
+        if self._parts is not None:
+            return np.stack([self._parts[k].reconstruct(int(i)) for k, i in zip(self._part_of(ids), ids)]).astype(np.float32)
         return np.stack([self._index.reconstruct(int(i)) for i in ids]).astype(np.float32)
+
+    @property
+    def parts(self) -> int:
+        """How many parts this index is searched in (1: a single FAISS index)."""
+        return len(self._parts) if self._parts is not None else 1
+
+    def _part_of(self, ids: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self._part_starts, np.asarray(ids, dtype=np.int64), side="right") - 1
+
+    def _join_parts(self, parts: list[faiss.Index], starts: list[int] | np.ndarray) -> None:
+        # threaded: the parts are searched at once, one thread each, and their top k merged by score
+        shards = faiss.IndexShards(self.dim, True, False)
+        for part in parts:
+            shards.add_shard(part)
+        self._index, self._parts, self._part_starts = shards, list(parts), np.asarray(starts, dtype=np.int64)
 
     @property
     def _built_kind(self) -> str | None:
@@ -161,11 +200,12 @@ class SpuIndex:
 
     @classmethod
     def from_shards(cls, shards: list[Path], fingerprint: str, kind: str = "ivfsq", *, column: str = "content",
-                    sample: int = 100_000, seed: int = 0, log=None) -> "SpuIndex":
+                    sample: int = 100_000, seed: int = 0, parts: int = 1, log=None) -> "SpuIndex":
         """An index over vector shards (``embeddings.backfill``) without holding every vector at once: the
         coarse quantiser and PQ codebooks are trained on a sample drawn from every shard in proportion,
         then the shards are added one by one. ``kind`` flat or hnsw keeps full vectors (memory grows with
-        the catalogue); ivfsq keeps a byte a dimension, ivfpq 64 bytes a vector."""
+        the catalogue); ivfsq keeps a byte a dimension, ivfpq 64 bytes a vector. ``parts`` > 1 (IVF kinds
+        only) splits the index into that many parts, each over a contiguous run of the shards."""
         import pyarrow.parquet as pq
 
         rows = [pq.ParquetFile(s).metadata.num_rows for s in shards]
@@ -178,24 +218,37 @@ class SpuIndex:
             raise ValueError(f"{shards[0]}: no fixed-size vector column '{column}'")
         index = cls(dtype.size, fingerprint, kind)
         resolved = index.resolved_kind(total)
+        if parts < 1 or (parts > 1 and resolved not in IVF_KINDS):
+            raise ValueError(f"parts: {parts}; an index in parts needs an IVF kind ({', '.join(IVF_KINDS)}), "
+                             f"and at least one part")
+        if parts > len(shards):
+            raise ValueError(f"parts: {parts} parts of {len(shards)} vector shards; at most one part a shard")
         train = None
         if resolved in IVF_KINDS:
-            parts = []
+            drawn = []
             for shard, n in zip(shards, rows):
                 take = min(n, int(np.ceil(sample * n / total)))
                 if take:
                     vectors = _shard_vectors(shard, column)[1]
-                    parts.append(vectors[rng.choice(n, take, replace=False)])
-            train = np.concatenate(parts)
-        index._index = index._new_index(resolved, train=train)
+                    drawn.append(vectors[rng.choice(n, take, replace=False)])
+            train = np.concatenate(drawn)
+        trained = index._new_index(resolved, train=train)
         index._kind_built = resolved
-        metas, seen = [], 0
-        for shard in shards:
+        if parts == 1:
+            index._index, members = trained, [trained]
+        else:  # each part a copy of the one trained (empty) index: the same lists and codebooks
+            blob = faiss.serialize_index(trained)
+            members = [faiss.deserialize_index(blob) for _ in range(parts)]
+        part_of_shard = np.repeat(np.arange(parts), [len(g) for g in np.array_split(np.arange(len(shards)), parts)])
+        metas, seen, starts = [], 0, []
+        for shard, part in zip(shards, part_of_shard):
+            if len(starts) == part:
+                starts.append(seen)
             spu_ids, vectors = _shard_vectors(shard, column)
             if not spu_ids:
                 continue
             ids = np.arange(seen, seen + len(spu_ids), dtype=np.int64)
-            index._index.add_with_ids(index._check(vectors), ids)
+            members[part].add_with_ids(index._check(vectors), ids)
             metas.append(pl.DataFrame({"id": ids, "spu_id": spu_ids}))
             seen += len(spu_ids)
             if log:
@@ -205,6 +258,9 @@ class SpuIndex:
             duplicated = index.meta.filter(pl.col("spu_id").is_duplicated())["spu_id"].unique().to_list()[:5]
             raise ValueError(f"spu_id in more than one shard (or twice in one): {duplicated}")
         index._next_id = seen
+        if parts > 1:
+            index._join_parts(members, starts)
+            index._set_search_params()
         return index
 
     def recall_against_exact(self, shards: list[Path], queries: int = 200, k: int = 10, *, column: str = "content",
@@ -273,26 +329,39 @@ class SpuIndex:
         folder.mkdir(parents=True, exist_ok=True)
         generation = uuid.uuid4().hex[:12]
         index_file, meta_file = f"index-{generation}.faiss", f"meta-{generation}.parquet"
-        if self._index is not None:
+        part_files = [f"index-{generation}-p{k}.faiss" for k in range(self.parts)] if self._parts is not None else []
+        if self._parts is not None:
+            for name, part in zip(part_files, self._parts):
+                faiss.write_index(part, str(folder / name))
+        elif self._index is not None:
             faiss.write_index(self._index, str(folder / index_file))
         self.meta.write_parquet(folder / meta_file)
-        manifest = {"format": FORMAT_VERSION, "fingerprint": self.fingerprint, "dim": self.dim, "kind": self.kind,
-                    "built_kind": self._built_kind, "count": len(self), "next_id": self._next_id,
-                    "index_file": index_file if self._index is not None else None, "meta_file": meta_file,
+        single = self._index is not None and self._parts is None
+        manifest = {"format": 2 if part_files else 1, "fingerprint": self.fingerprint, "dim": self.dim,
+                    "kind": self.kind, "built_kind": self._built_kind, "count": len(self), "next_id": self._next_id,
+                    "index_file": index_file if single else None, "meta_file": meta_file,
                     "hnsw_m": self.hnsw_m, "ef_search": self.ef_search, "nprobe": self.nprobe, "state": self.state}
+        if part_files:
+            manifest |= {"part_files": part_files, "part_starts": self._part_starts.tolist()}
         _atomic_write_text(folder / "manifest.json", json.dumps(manifest, indent=1))
+        written = {index_file, meta_file, *part_files}
         for stale in folder.glob("*-*.*"):
-            if stale.name not in (index_file, meta_file) and stale.suffix in (".faiss", ".parquet"):
+            if stale.name not in written and stale.suffix in (".faiss", ".parquet"):
                 stale.unlink(missing_ok=True)
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path, fingerprint: str | None = None) -> "SpuIndex":
+    def load(cls, folder: str | Path, fingerprint: str | None = None, parts: list[int] | None = None) -> "SpuIndex":
+        """``parts``: of an index in parts, load only these (a machine that holds a share of the catalogue);
+        default all."""
         folder = Path(folder)
         manifest_path = folder / "manifest.json"
         if not manifest_path.is_file():
             raise FileNotFoundError(f"no SPU index at {folder} (manifest.json missing)")
         manifest = json.loads(manifest_path.read_text())
+        if manifest.get("format", 1) > FORMAT_VERSION:
+            raise ValueError(f"the SPU index at {folder} has format {manifest['format']}; this version reads up "
+                             f"to {FORMAT_VERSION}: upgrade pledgeval or rebuild the index")
         if fingerprint is not None and manifest["fingerprint"] != fingerprint:
             raise IndexMismatchError(
                 f"the SPU index at {folder} was built by encoder {manifest['fingerprint']}, but the encoder in use "
@@ -302,7 +371,23 @@ class SpuIndex:
         index.meta = pl.read_parquet(folder / manifest["meta_file"])
         index._next_id = manifest["next_id"]
         index.state = manifest.get("state", {})
-        if manifest["index_file"]:
+        part_files = manifest.get("part_files", [])
+        if parts is not None and not part_files:
+            raise ValueError(f"parts: the SPU index at {folder} is not in parts")
+        if part_files:
+            chosen = sorted(set(range(len(part_files)) if parts is None else parts))
+            if not chosen or chosen[0] < 0 or chosen[-1] >= len(part_files):
+                raise ValueError(f"parts: {parts}; the SPU index at {folder} has parts 0 to {len(part_files) - 1}")
+            bounds = np.append(manifest["part_starts"], manifest["next_id"])
+            index._join_parts([faiss.read_index(str(folder / part_files[k])) for k in chosen], bounds[chosen])
+            if len(chosen) < len(part_files):
+                held = np.zeros(index.meta.height, dtype=bool)
+                for k in chosen:
+                    held |= (index.meta["id"].to_numpy() >= bounds[k]) & (index.meta["id"].to_numpy() < bounds[k + 1])
+                index.meta = index.meta.filter(pl.Series(held))
+            index._kind_built = manifest["built_kind"]
+            index._set_search_params()
+        elif manifest["index_file"]:
             index._index = faiss.read_index(str(folder / manifest["index_file"]))
             index._kind_built = manifest["built_kind"]
             index._set_search_params()
@@ -313,18 +398,26 @@ class SpuIndex:
         if self._kind_built == "hnsw":
             faiss.downcast_index(self._index.index).hnsw.efSearch = self.ef_search
         elif self._kind_built in IVF_KINDS:
-            self._index.nprobe = self.nprobe
+            for member in self._parts if self._parts is not None else [self._index]:
+                faiss.extract_index_ivf(member).nprobe = self.nprobe
 
     # An index inside a pickled model (the value heads' comparables): FAISS objects do not pickle, their
     # serialised bytes do.
     def __getstate__(self) -> dict:
         state = {**self.__dict__, "_lookup": None, "_lookup_for": None}
-        state["_index"] = faiss.serialize_index(self._index) if self._index is not None else None
+        if self._parts is not None:
+            state["_index"], state["_parts"] = None, [faiss.serialize_index(p) for p in self._parts]
+        else:
+            state["_index"] = faiss.serialize_index(self._index) if self._index is not None else None
         return state
 
     def __setstate__(self, state: dict) -> None:
+        state = {"_parts": None, "_part_starts": None, **state}  # pickled before indexes had parts
         self.__dict__.update(state)
-        if self._index is not None:
+        if self._parts is not None:
+            self._join_parts([faiss.deserialize_index(p) for p in self._parts], self._part_starts)
+            self._set_search_params()
+        elif self._index is not None:
             self._index = faiss.deserialize_index(self._index)
             self._set_search_params()
 

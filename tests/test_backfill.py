@@ -12,9 +12,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from typer.testing import CliRunner
 
 from embeddings import SpuEmbedder, SpuIndex, create_encoder
 from embeddings.backfill import BackfillError, backfill, vector_shards
+from serving.cli import app
 
 
 @pytest.fixture(scope="module")
@@ -141,3 +143,19 @@ def test_the_index_built_from_shards_finds_every_spu_and_saves_atomically(shards
     assert [h["spu_id"][0] for h in hits] == got["spu_id"].to_list()
     index.save(tmp_path / "index")
     assert len(SpuIndex.load(tmp_path / "index", result.fingerprint)) == result.rows
+
+
+def test_index_build_from_vectors_in_parts_through_the_cli(shards, tmp_path):
+    folder, _, _ = shards
+    result = backfill(folder, tmp_path / "out", log=None)
+    runner = CliRunner()
+    built = runner.invoke(app, ["index", "build", "--vectors", str(tmp_path / "out"), "--out", str(tmp_path / "idx"),
+                                "--kind", "ivfsq", "--parts", "2"])
+    assert built.exit_code == 0, built.output
+    assert "in 2 parts" in built.output and "recall@10" in built.output
+    index = SpuIndex.load(tmp_path / "idx", result.fingerprint)
+    assert index.parts == 2 and len(index) == result.rows
+    too_many = runner.invoke(app, ["index", "build", "--vectors", str(tmp_path / "out"), "--out", str(tmp_path / "x"),
+                                   "--parts", "4"])
+    assert too_many.exit_code != 0 and "at most one part a shard" in too_many.output
+    assert not (tmp_path / "x").exists()

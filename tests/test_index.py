@@ -115,3 +115,83 @@ def test_kill_mid_save_leaves_old_index_loadable(tmp_path, where):
     loaded = SpuIndex.load(tmp_path / "idx", fingerprint="fp")
     assert len(loaded) == 50
     assert loaded.search(clustered(50)[:1], k=1)[0]["spu_id"][0] == "S0"
+
+
+def vector_shard_files(folder, x, per_shard):
+    paths = []
+    for k, start in enumerate(range(0, len(x), per_shard)):
+        part = x[start:start + per_shard]
+        path = folder / f"vectors-{k}.parquet"
+        pl.DataFrame({"spu_id": [f"S{i}" for i in range(start, start + len(part))],
+                      "content": pl.Series(part, dtype=pl.Array(pl.Float32, x.shape[1]))}).write_parquet(path)
+        paths.append(path)
+    return paths
+
+
+def top_ids(index, queries, k=10):
+    return [h["spu_id"].to_list() for h in index.search(queries, k=k)]
+
+
+@pytest.mark.parametrize("kind", ["ivfsq", "ivfpq"])
+def test_an_index_in_parts_answers_as_the_whole_and_each_part_loads_alone(kind, tmp_path):
+    x = clustered(1600)
+    shards = vector_shard_files(tmp_path, x, 400)
+    whole = SpuIndex.from_shards(shards, "fp1", kind)
+    parted = SpuIndex.from_shards(shards, "fp1", kind, parts=3)
+    assert (whole.parts, parted.parts, len(parted)) == (1, 3, 1600)
+    # one trained quantiser: every part probes the lists the whole index probes, so the merged top k is its top k
+    queries = x[::37]
+    assert top_ids(parted, queries) == top_ids(whole, queries)
+    assert parted.recall_against_exact(shards) == whole.recall_against_exact(shards)
+
+    parted.save(tmp_path / "idx")
+    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    assert len(manifest["part_files"]) == 3 and manifest["part_starts"] == [0, 800, 1200]
+    loaded = SpuIndex.load(tmp_path / "idx", fingerprint="fp1")
+    assert loaded.parts == 3 and top_ids(loaded, queries) == top_ids(whole, queries)
+    # a machine that holds only the second part: shards 2 (ids 800..1199), nothing else
+    second = SpuIndex.load(tmp_path / "idx", parts=[1])
+    assert second.meta["spu_id"].to_list() == [f"S{i}" for i in range(800, 1200)]
+    assert {s for ids in top_ids(second, x[800:1200:40]) for s in ids} <= set(second.meta["spu_id"])
+    assert top_ids(second, x[[900]], k=1) == [["S900"]]
+
+
+def test_an_index_in_parts_adds_updates_removes_and_pickles(tmp_path):
+    import pickle
+
+    x = clustered(1200)
+    shards = vector_shard_files(tmp_path, x, 300)
+    whole, index = (SpuIndex.from_shards(shards, "fp1", "ivfsq", parts=p) for p in (1, 2))
+    extra = clustered(3, seed=5)
+    for each in (whole, index):
+        each.add(["NEW"], extra[[0]])  # a new SPU: the last part
+        each.add(["S5"], extra[[1]])   # an update keeps its id, in the first part
+        each.remove(["S700"])
+    assert len(index) == 1200 and index.meta.filter(pl.col("spu_id") == "S5")["id"].item() == 5
+    assert top_ids(index, extra[:2], k=1) == [["NEW"], ["S5"]]
+    assert np.array_equal(index.vectors(np.array([5, 1200, 3])), whole.vectors(np.array([5, 1200, 3])))
+    assert "S700" not in {s for ids in top_ids(index, x[[700]]) for s in ids}
+    assert top_ids(index, x[::50]) == top_ids(whole, x[::50])
+    again = pickle.loads(pickle.dumps(index))
+    assert again.parts == 2 and top_ids(again, x[::50]) == top_ids(index, x[::50])
+    index.save(tmp_path / "idx")
+    assert top_ids(SpuIndex.load(tmp_path / "idx"), x[::50]) == top_ids(index, x[::50])
+
+
+def test_parts_are_refused_where_they_cannot_work(tmp_path):
+    x = clustered(800)
+    shards = vector_shard_files(tmp_path, x, 400)
+    with pytest.raises(ValueError, match="needs an IVF kind"):
+        SpuIndex.from_shards(shards, "fp1", "flat", parts=2)
+    with pytest.raises(ValueError, match="at most one part a shard"):
+        SpuIndex.from_shards(shards, "fp1", "ivfsq", parts=3)
+    SpuIndex.from_shards(shards, "fp1", "ivfsq", parts=2).save(tmp_path / "parted")
+    with pytest.raises(ValueError, match="has parts 0 to 1"):
+        SpuIndex.load(tmp_path / "parted", parts=[2])
+    SpuIndex.from_shards(shards, "fp1", "ivfsq").save(tmp_path / "whole")
+    with pytest.raises(ValueError, match="not in parts"):
+        SpuIndex.load(tmp_path / "whole", parts=[0])
+    manifest = json.loads((tmp_path / "parted" / "manifest.json").read_text())
+    (tmp_path / "parted" / "manifest.json").write_text(json.dumps({**manifest, "format": 9}))
+    with pytest.raises(ValueError, match="format 9"):
+        SpuIndex.load(tmp_path / "parted")

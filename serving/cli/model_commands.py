@@ -55,13 +55,18 @@ def index_build(
     cache: CacheOption = DEFAULT_CACHE,
     sample: Annotated[int, typer.Option(help="--vectors: vectors drawn to train the IVF lists and quantiser.")]
     = 100_000,
+    parts: Annotated[int, typer.Option(min=1, help="--vectors with an IVF kind: split the index into this many "
+                                                   "parts (one file each, searched together; a machine can "
+                                                   "load only some).")] = 1,
 ) -> None:
     """Embed every SPU (or take the backfilled vectors) and write the FAISS SPU index (atomically)."""
     if sum(x is not None for x in (catalog, online_retail, vectors)) != 1:
         fail("give one of --catalog, --online-retail or --vectors")
     if vectors is not None:
-        _index_from_shards(vectors, out, kind, sample)
+        _index_from_shards(vectors, out, kind, sample, parts)
         return
+    if parts != 1:
+        fail("--parts: only an index built from --vectors can be split into parts")
     from embeddings import SpuEmbedder
     from embeddings.catalog import build_spu_index
     from valuation.pipeline import encoder_for, training_tables
@@ -78,7 +83,7 @@ def index_build(
                   f"{index.fingerprint}) -> {out}")
 
 
-def _index_from_shards(vectors: Path, out: Path, kind: str, sample: int) -> None:
+def _index_from_shards(vectors: Path, out: Path, kind: str, sample: int, parts: int) -> None:
     import json
 
     from embeddings import SpuIndex
@@ -88,13 +93,15 @@ def _index_from_shards(vectors: Path, out: Path, kind: str, sample: int) -> None
         shards = vector_shards(vectors)
         fingerprint = json.loads((vectors / MANIFEST).read_text())["fingerprint"]
         started = time.perf_counter()
-        index = SpuIndex.from_shards(shards, fingerprint, "ivfsq" if kind == "auto" else kind, sample=sample)
+        index = SpuIndex.from_shards(shards, fingerprint, "ivfsq" if kind == "auto" else kind, sample=sample,
+                                     parts=parts)
     except (BackfillError, ValueError) as exc:
         fail(str(exc))
     build_s = time.perf_counter() - started
     recall = index.recall_against_exact(shards)
     index.save(out)
-    console.print(f"indexed {len(index)} SPUs from {len(shards)} shards ({index.resolved_kind(len(index))}, encoder "
+    in_parts = f" in {index.parts} parts" if index.parts > 1 else ""
+    console.print(f"indexed {len(index)} SPUs from {len(shards)} shards{in_parts} ({index.resolved_kind(len(index))}, encoder "
                   f"{fingerprint}) in {build_s:.0f}s -> {out}; recall@10 against exact search on 200 of its "
                   f"vectors: {recall:.3f}")
 
