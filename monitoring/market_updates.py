@@ -141,7 +141,7 @@ def apply_market_updates(monitor: Monitor, items: list[dict] | pl.DataFrame, *, 
         results = update.results
         previous = log.latest_actions(connection, update.as_of, same_day=True,
                                       position_ids=results["position_id"].to_list())
-        results = realert(results, previous)
+        results = realert(results, previous, monitor.warning)
         event_id = f"market-{datetime.now():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
         outcome.event_id, outcome.as_of, outcome.positions_rescored = event_id, update.as_of, results.height
         if results.height == 0:
@@ -177,7 +177,7 @@ class _Update:
         """Score the positions on ``spus`` (default: every moved SPU), replacing their earlier scores."""
         spus = self.moved if spus is None else spus
         fresh = self.monitor.score(positions.filter(pl.col("spu_id").is_in(spus)),
-                                   self.market.filter(pl.col("date") <= self.as_of), self.as_of, None)
+                                   self.market.filter(pl.col("date") <= self.as_of), self.as_of, None, explain=False)
         kept = self.results.filter(pl.col("spu_id").is_in(self.moved) & ~pl.col("spu_id").is_in(spus)) \
             if self.results.height else fresh.clear()
         self.results = pl.concat([kept, fresh])

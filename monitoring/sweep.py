@@ -175,15 +175,16 @@ class Monitor:
             self._release()
 
     def score(self, positions: pl.DataFrame, market: pl.DataFrame, as_of: date,
-              previous: pl.DataFrame | None) -> pl.DataFrame:
+              previous: pl.DataFrame | None, *, explain: bool = True) -> pl.DataFrame:
         """The one scoring path of sweeps and market events: score_book with the model's values for the
-        SPUs whose market price is stale. ``previous``: position_id, action (what alerts compare with)."""
+        SPUs whose market price is stale. ``previous``: position_id, action (what alerts compare with);
+        ``explain``: see score_book."""
         model_values = None
         if self.value_fn is not None:
             stale = stale_spus(positions, market, as_of, self.config)
             if stale:
                 model_values = self.value_fn(stale)
-        return score_book(positions, market, as_of, self.config, model_values, previous, self.warning)
+        return score_book(positions, market, as_of, self.config, model_values, previous, self.warning, explain=explain)
 
     def _score_parts(self, connection, as_of: date, parts: int):
         """Each SPU range's results: its positions, its SPUs' market (and their comparables'), and what its

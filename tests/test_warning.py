@@ -170,3 +170,42 @@ def test_sweeps_store_p_loss_and_alert_with_the_reasons(history, model, store):
     followers = {f"R-F{f:02d}-3" for f, s in stops.items() if s == 175}
     alerted = alerts.filter(pl.col("position_id").is_in(list(followers)))
     assert alerted.height == len(followers) and alerted["reasons"].str.contains("early_warning:").all()
+
+
+def test_a_market_update_explains_its_alerts_as_the_sweep_of_that_day_would(history, model, store):
+    """The event path scores without explaining, decides its alerts in the gate, then explains just those:
+    the same reasons, drivers included, as score_book gives against the same previous actions."""
+    import json
+
+    from monitoring import Monitor
+    from monitoring.market_updates import apply_market_updates
+
+    orders, market, _, stops = history
+    config = load_config()
+    book = pledge_book(orders, market, START + timedelta(days=160))
+    swept, before, scored = (START + timedelta(days=d) for d in (180, 194, 195))
+    store.upsert("spus", book.select("spu_id").unique().with_columns(pl.col("spu_id").alias("title")))
+    store.upsert("positions", book)
+    store.upsert("market", market.filter(pl.col("date") <= before))
+    monitor = Monitor(store, config, warning=model)
+    monitor.run_sweep(swept)  # before the late followers' comparables had slowed for long
+    previous = store.read("sweep_results").select("position_id", "action")
+
+    moved = sorted({f"F{f:02d}-{m}" for f, s in stops.items() if s in (175, None) for m in (0, 3)})
+    day = market.filter((pl.col("date") == scored) & pl.col("spu_id").is_in(moved))
+    outcome = apply_market_updates(monitor, [{"spu_id": r["spu_id"], "date": scored.isoformat(), "price": r["price"],
+                                              "units": r["units_sold"]} for r in day.iter_rows(named=True)])
+    assert outcome.applied == day.height
+
+    seen = pl.concat([market.filter(pl.col("date") <= before), day])
+    expected = score_book(book.filter(pl.col("spu_id").is_in(day["spu_id"].implode())), seen, scored, config,
+                          previous=previous, warning=model)
+    events = store.read("health_events")
+    assert sorted(events["position_id"]) == sorted(expected["position_id"])
+    got = {p: json.loads(r) for p, r in zip(events["position_id"], events["reasons"])}
+    alerted = set(expected.filter(pl.col("alert"))["position_id"])
+    explained = {p for p, r in got.items() if any(c.startswith("early_warning:") for c in r)}
+    assert outcome.alerts == len(alerted) > 0 and set(store.read("alert_outbox").filter(pl.col("trigger") == "market")["position_id"]) == alerted
+    assert explained and explained <= alerted  # only alerts are explained
+    for position, reasons in zip(expected["position_id"], expected["reasons"].to_list()):
+        assert got[position] == reasons, position
