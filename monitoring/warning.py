@@ -129,7 +129,8 @@ def training_examples(orders: pl.DataFrame, market: pl.DataFrame, cutoff: date, 
             book = book.with_columns(events)
             day = pledge + timedelta(days=1)
             while day <= last_example:
-                frame = position_frame(book, market, day, config, features=True, neighbours=neighbours).collect()
+                frame = position_frame(book, market, day, config, features=True,
+                                       neighbours=neighbours).collect(engine="in-memory")
                 ahead = (pl.col("event_day") - pl.lit(day)).dt.total_days()
                 frames.append(frame.select(
                     *WARNING_FEATURES, "spu_id", (pl.lit(f"{pledge}:") + pl.col("spu_id")).alias("position"),
