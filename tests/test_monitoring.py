@@ -2,8 +2,9 @@ import os
 import signal
 import subprocess
 import sys
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -293,3 +294,30 @@ def test_comparables_features_do_not_depend_on_the_order_rows_arrive_in():
     first = features(neighbours)
     for seed in range(3):
         assert features(neighbours.sample(fraction=1.0, shuffle=True, seed=seed)).equals(first)
+
+
+def test_weekly_volatility_is_the_std_of_weekly_median_log_changes_as_defined():
+    """Read straight: weekly medians by polars' own median, in week order, their log changes' std / sqrt 7.
+    Unsorted lines, even and odd counts, a missing price, an all-missing week, an SPU with two weeks."""
+    from data.market import weekly_volatility
+
+    rng = np.random.default_rng(3)
+    n = 4000
+    lines = pl.DataFrame({
+        "spu_id": rng.choice(["A", "B", "C"], n),
+        "ordered_at": [datetime(2024, 1, 1) + timedelta(hours=int(h)) for h in rng.integers(0, 24 * 120, n)],
+        "unit_price": pl.Series(np.round(rng.uniform(0.5, 9.5, n), 2)).scatter(np.flatnonzero(rng.random(n) < 0.1), None),
+    })
+    lines = pl.concat([lines, pl.DataFrame({"spu_id": ["D"] * 4 + ["E"] * 2,
+                                            "ordered_at": [datetime(2024, 1, 1), datetime(2024, 1, 9), datetime(2024, 1, 10),
+                                                           datetime(2024, 1, 16), datetime(2024, 1, 1), datetime(2024, 1, 8)],
+                                            "unit_price": [None, 2.0, 2.5, 3.0, 1.0, 2.0]})])
+    got = dict(weekly_volatility(lines.lazy(), "ordered_at", "unit_price").collect().iter_rows())
+    expected = {}
+    for spu, part in lines.partition_by("spu_id", as_dict=True).items():
+        weeks = (part.group_by(pl.col("ordered_at").dt.truncate("1w").alias("week"))
+                 .agg(pl.col("unit_price").median()).sort("week"))
+        expected[spu[0]] = weeks.select(pl.col("unit_price").log().diff().std() / 7 ** 0.5).item()
+    assert got.keys() == expected.keys() and got["D"] is None and got["E"] is None  # under three weeks with a price
+    for spu in "ABC":
+        assert got[spu] == pytest.approx(expected[spu], rel=1e-12), spu  # a grouped std sums in its own order
