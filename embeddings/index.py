@@ -57,6 +57,7 @@ class SpuIndex:
         # _part_starts[k] up to the next part's start (ids only grow, so a new SPU goes to the last part)
         self._parts: list[faiss.Index] | None = None
         self._part_starts: np.ndarray | None = None
+        self._partial = False  # loaded with only some of its parts: searchable, not changeable
         self._kind_built: str | None = None
         self._lookup: np.ndarray | None = None
         self._lookup_for: pl.DataFrame | None = None
@@ -107,6 +108,7 @@ class SpuIndex:
 
     def add(self, spu_ids: list[str], vectors: np.ndarray, meta: pl.DataFrame | None = None) -> None:
         """Add SPUs; an spu_id already in the index is updated in place (keeps its id)."""
+        self._check_whole()
         vectors = self._check(vectors)
         if len(spu_ids) != len(vectors):
             raise ValueError(f"{len(spu_ids)} spu_ids for {len(vectors)} vectors")
@@ -136,6 +138,7 @@ class SpuIndex:
         self.meta = pl.concat([self.meta, rows], how="diagonal_relaxed").sort("id")
 
     def remove(self, spu_ids: list[str], *, _keep_ids: bool = False) -> None:
+        self._check_whole()
         known = set(self.meta["spu_id"].to_list())
         unknown = [s for s in spu_ids if s not in known]
         if unknown:
@@ -172,6 +175,11 @@ class SpuIndex:
     def parts(self) -> int:
         """How many parts this index is searched in (1: a single FAISS index)."""
         return len(self._parts) if self._parts is not None else 1
+
+    def _check_whole(self) -> None:
+        if self._partial:  # an SPU of a part not loaded here would be taken for a new one
+            raise ValueError("this SPU index was loaded with only some of its parts: load every part to add or "
+                             "remove SPUs")
 
     def _part_of(self, ids: np.ndarray) -> np.ndarray:
         return np.searchsorted(self._part_starts, np.asarray(ids, dtype=np.int64), side="right") - 1
@@ -384,7 +392,7 @@ class SpuIndex:
                 held = np.zeros(index.meta.height, dtype=bool)
                 for k in chosen:
                     held |= (index.meta["id"].to_numpy() >= bounds[k]) & (index.meta["id"].to_numpy() < bounds[k + 1])
-                index.meta = index.meta.filter(pl.Series(held))
+                index.meta, index._partial = index.meta.filter(pl.Series(held)), True
             index._kind_built = manifest["built_kind"]
             index._set_search_params()
         elif manifest["index_file"]:
@@ -412,7 +420,7 @@ class SpuIndex:
         return state
 
     def __setstate__(self, state: dict) -> None:
-        state = {"_parts": None, "_part_starts": None, **state}  # pickled before indexes had parts
+        state = {"_parts": None, "_part_starts": None, "_partial": False, **state}  # pickled before indexes had parts
         self.__dict__.update(state)
         if self._parts is not None:
             self._join_parts([faiss.deserialize_index(p) for p in self._parts], self._part_starts)

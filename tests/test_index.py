@@ -154,6 +154,8 @@ def test_an_index_in_parts_answers_as_the_whole_and_each_part_loads_alone(kind, 
     assert second.meta["spu_id"].to_list() == [f"S{i}" for i in range(800, 1200)]
     assert {s for ids in top_ids(second, x[800:1200:40]) for s in ids} <= set(second.meta["spu_id"])
     assert top_ids(second, x[[900]], k=1) == [["S900"]]
+    with pytest.raises(ValueError, match="only some of its parts"):  # S5 lives in a part not loaded here
+        second.add(["S5"], x[[5]])
 
 
 def test_an_index_in_parts_adds_updates_removes_and_pickles(tmp_path):
