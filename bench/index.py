@@ -15,7 +15,6 @@ whole index: the memory a machine that serves one part needs, against the whole.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -62,17 +61,15 @@ def write_shards(folder: Path, n: int, dim: int, seed: int) -> list[Path]:
     return paths
 
 
-def resident_mb() -> float:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") / 2**20)
-
-
 def load_rss_mb(folder: Path, parts: list[int] | None) -> float:
     """In a fresh process: resident memory that loading the index (or only ``parts``) adds."""
-    before = resident_mb()
+    import psutil  # BentoML's dependency, as bench/soak.py uses it
+
+    process = psutil.Process()
+    before = process.memory_info().rss
     index = SpuIndex.load(folder, parts=parts)
     assert len(index)
-    return resident_mb() - before
+    return (process.memory_info().rss - before) / 2**20
 
 
 def from_shards(args) -> None:

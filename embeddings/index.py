@@ -388,11 +388,9 @@ class SpuIndex:
                 raise ValueError(f"parts: {parts}; the SPU index at {folder} has parts 0 to {len(part_files) - 1}")
             bounds = np.append(manifest["part_starts"], manifest["next_id"])
             index._join_parts([faiss.read_index(str(folder / part_files[k])) for k in chosen], bounds[chosen])
-            if len(chosen) < len(part_files):
-                held = np.zeros(index.meta.height, dtype=bool)
-                for k in chosen:
-                    held |= (index.meta["id"].to_numpy() >= bounds[k]) & (index.meta["id"].to_numpy() < bounds[k + 1])
-                index.meta, index._partial = index.meta.filter(pl.Series(held)), True
+            if len(chosen) < len(part_files):  # each SPU's part, by the rule _part_of applies to the whole index
+                part = np.searchsorted(manifest["part_starts"], index.meta["id"].to_numpy(), side="right") - 1
+                index.meta, index._partial = index.meta.filter(pl.Series(np.isin(part, chosen))), True
             index._kind_built = manifest["built_kind"]
             index._set_search_params()
         elif manifest["index_file"]:
