@@ -23,7 +23,7 @@ import polars as pl
 import sqlalchemy as sa
 
 from data.schemas import POSITIONS
-from data.store import CHUNK, Store
+from data.store import Store, bulk_insert, chunks, read_rows
 
 EVENT_COLUMNS = ("event_id", "position_id", "spu_id", "as_of", "trigger", "observation", "unit_value",
                  "value_source", "value_low", "value_high", "collateral_value", "ltv", "price_change", "velocity_trend",
@@ -71,13 +71,13 @@ class HealthLog:
         """Of these SPUs, those whose market a transaction after ``turn`` changed."""
         table = self._table("market_turns")
         query = sa.select(table.c.spu_id).where(table.c.turn > turn)
-        return _read_rows(connection, query, table.c.spu_id, spu_ids, {"spu_id": pl.String})["spu_id"].to_list()
+        return read_rows(connection, query, table.c.spu_id, spu_ids, {"spu_id": pl.String})["spu_id"].to_list()
 
     def mark_touched(self, connection: sa.Connection, spu_ids: list[str], turn: int) -> None:
-        _bulk_insert(connection, self._table("market_turns"),
-                     pl.DataFrame({"spu_id": sorted(set(spu_ids)), "turn": turn}, schema={"spu_id": pl.String,
-                                                                                          "turn": pl.Int64}),
-                     'ON CONFLICT ("spu_id") DO UPDATE SET "turn" = excluded."turn"')
+        bulk_insert(connection, self._table("market_turns"),
+                    pl.DataFrame({"spu_id": sorted(set(spu_ids)), "turn": turn}, schema={"spu_id": pl.String,
+                                                                                         "turn": pl.Int64}),
+                    'ON CONFLICT ("spu_id") DO UPDATE SET "turn" = excluded."turn"')
 
     # -- market observations ------------------------------------------------------------------
     def store_market(self, frame: pl.DataFrame, connection: sa.Connection | None = None) -> int:
@@ -98,19 +98,19 @@ class HealthLog:
         if until is not None:
             query = query.where(market.c.date <= until)
         with self._reading(connection) as reading:
-            return _read_rows(reading, query, market.c.spu_id, spu_ids, MARKET_SCHEMA)
+            return read_rows(reading, query, market.c.spu_id, spu_ids, MARKET_SCHEMA)
 
     def first_market_dates(self, spu_ids: list[str]) -> dict[str, date]:
         market = self._table("market")
         query = sa.select(market.c.spu_id, sa.func.min(market.c.date)).group_by(market.c.spu_id)
         with self._reading(None) as reading:
-            first = _read_rows(reading, query, market.c.spu_id, spu_ids, {"spu_id": pl.String, "first": pl.Date})
+            first = read_rows(reading, query, market.c.spu_id, spu_ids, {"spu_id": pl.String, "first": pl.Date})
         return dict(first.iter_rows())
 
     def known_spus(self, spu_ids: list[str]) -> set[str]:
         spus = self._table("spus")
         with self._reading(None) as reading:
-            known = _read_rows(reading, sa.select(spus.c.spu_id), spus.c.spu_id, spu_ids, {"spu_id": pl.String})
+            known = read_rows(reading, sa.select(spus.c.spu_id), spus.c.spu_id, spu_ids, {"spu_id": pl.String})
         return set(known["spu_id"].to_list())
 
     def last_market_date(self, connection: sa.Connection | None = None) -> date | None:
@@ -122,7 +122,7 @@ class HealthLog:
         positions = self._table("positions")
         query = sa.select(*[positions.c[c] for c in POSITIONS.column_names])
         with self._reading(connection) as reading:
-            return _read_rows(reading, query, positions.c.spu_id, spu_ids, POSITIONS.polars_schema).sort("position_id")
+            return read_rows(reading, query, positions.c.spu_id, spu_ids, POSITIONS.polars_schema).sort("position_id")
 
     # -- what alerts are de-duplicated against ------------------------------------------------
     def latest_actions(self, connection: sa.Connection, as_of: date, *, same_day: bool,
@@ -133,7 +133,7 @@ class HealthLog:
         state, sweeps, results = self._table("position_state"), self._table("sweeps"), self._table("sweep_results")
         schema = {"position_id": pl.String, "grade": pl.String, "action": pl.String}
         query = sa.select(state.c.position_id, state.c.grade, state.c.action).where(state.c.as_of <= as_of)
-        latest = _read_rows(connection, query, state.c.position_id, position_ids, schema)
+        latest = read_rows(connection, query, state.c.position_id, position_ids, schema)
         if position_ids is not None and latest.height == len(set(position_ids)):
             return latest  # every position has a state: no sweep needs reading
         day = sweeps.c.as_of <= as_of if same_day else sweeps.c.as_of < as_of
@@ -142,7 +142,7 @@ class HealthLog:
             return latest
         query = (sa.select(results.c.position_id, results.c.grade, results.c.action)
                  .where(results.c.sweep_id == last))
-        swept = _read_rows(connection, query, results.c.position_id, position_ids, schema)
+        swept = read_rows(connection, query, results.c.position_id, position_ids, schema)
         return pl.concat([latest, swept.join(latest, on="position_id", how="anti")])
 
     def set_state(self, connection: sa.Connection, results: pl.DataFrame, as_of: date) -> None:
@@ -150,16 +150,16 @@ class HealthLog:
         (a sweep of an earlier day leaves a newer state as it is)."""
         if results.height == 0:
             return
-        _bulk_insert(connection, self._table("position_state"),
-                     results.select("position_id", pl.lit(as_of).alias("as_of"), "grade", "action",
-                                    pl.lit(datetime.now()).alias("updated_at")),
-                     'ON CONFLICT ("position_id") DO UPDATE SET "as_of" = excluded."as_of", "grade" = excluded."grade", '
-                     '"action" = excluded."action", "updated_at" = excluded."updated_at" '
-                     'WHERE position_state."as_of" <= excluded."as_of"')
+        bulk_insert(connection, self._table("position_state"),
+                    results.select("position_id", pl.lit(as_of).alias("as_of"), "grade", "action",
+                                   pl.lit(datetime.now()).alias("updated_at")),
+                    'ON CONFLICT ("position_id") DO UPDATE SET "as_of" = excluded."as_of", "grade" = excluded."grade", '
+                    '"action" = excluded."action", "updated_at" = excluded."updated_at" '
+                    'WHERE position_state."as_of" <= excluded."as_of"')
 
     # -- writing ------------------------------------------------------------------------------
     def add_events(self, connection: sa.Connection, frame: pl.DataFrame) -> None:
-        _bulk_insert(connection, self._table("health_events"), frame.select(EVENT_COLUMNS))
+        bulk_insert(connection, self._table("health_events"), frame.select(EVENT_COLUMNS))
 
     def add_alerts(self, connection: sa.Connection, frame: pl.DataFrame) -> None:
         """Alerts into the outbox, due now; an alert_key already there is left as it is."""
@@ -167,7 +167,7 @@ class HealthLog:
             return
         frame = frame.select(ALERT_COLUMNS).with_columns(pl.lit(0).alias("attempts"),
                                                           pl.lit(datetime.now()).alias("next_attempt_at"))
-        _bulk_insert(connection, self._table("alert_outbox"), frame, 'ON CONFLICT ("alert_key") DO NOTHING')
+        bulk_insert(connection, self._table("alert_outbox"), frame, 'ON CONFLICT ("alert_key") DO NOTHING')
 
     # -- reading the feeds --------------------------------------------------------------------
     def alerts_since(self, seq: int = 0, *, created_after: datetime | None = None, limit: int = 500) -> list[dict]:
@@ -224,7 +224,7 @@ class HealthLog:
     def mark_delivered(self, claim: str, seqs: list[int], when: datetime) -> None:
         table = self._table("alert_outbox")
         with self.store.engine.begin() as connection:
-            for part in _chunks(seqs):
+            for part in chunks(seqs):
                 connection.execute(sa.update(table).where(table.c.seq.in_(part)).where(table.c.claimed_by == claim)
                                    .values(delivered_at=when, attempts=table.c.attempts + 1, claimed_until=None,
                                            last_error=None))
@@ -232,7 +232,7 @@ class HealthLog:
     def mark_failed(self, claim: str, seqs: list[int], error: str, retry_at: datetime) -> None:
         table = self._table("alert_outbox")
         with self.store.engine.begin() as connection:
-            for part in _chunks(seqs):
+            for part in chunks(seqs):
                 connection.execute(sa.update(table).where(table.c.seq.in_(part)).where(table.c.claimed_by == claim)
                                    .values(attempts=table.c.attempts + 1, next_attempt_at=retry_at,
                                            claimed_until=None, last_error=error[:2000]))
@@ -243,61 +243,6 @@ class HealthLog:
             total, pending = connection.execute(sa.select(
                 sa.func.count(), sa.func.count().filter(table.c.delivered_at.is_(None)))).one()
         return {"alerts": total, "undelivered": pending}
-
-
-def _chunks(values: list, size: int = 900) -> Iterator[list]:
-    for start in range(0, len(values), size):
-        yield values[start:start + size]
-
-
-def _read_rows(connection: sa.Connection, query, key: sa.Column, keys: list[str] | None, schema: dict) -> pl.DataFrame:
-    """``query``'s rows (all, or those whose ``key`` is one of ``keys``, asked in chunks) as a frame."""
-    if keys is None:
-        rows = _fetch(connection, query)
-    else:
-        rows = [r for part in _chunks(sorted(set(keys))) for r in _fetch(connection, query.where(key.in_(part)))]
-    return _frame(rows, schema)
-
-
-def _fetch(connection: sa.Connection, query: sa.Select) -> list[tuple]:
-    """Rows as the driver returns them, in the connection's transaction: SQLAlchemy's row processing cost
-    more than the reading on the event path (dates stay text on SQLite; ``_frame`` parses them at once)."""
-    compiled = query.compile(dialect=connection.dialect, compile_kwargs={"render_postcompile": True})
-    params = compiled.params  # built on every access: once
-    if compiled.positional:
-        params = tuple(params[name] for name in compiled.positiontup)
-    cursor = connection.connection.cursor()
-    try:
-        cursor.execute(str(compiled), params)
-        return cursor.fetchall()
-    finally:
-        cursor.close()
-
-
-def _bulk_insert(connection: sa.Connection, table: sa.Table, frame: pl.DataFrame, on_conflict: str = "") -> None:
-    """INSERT many rows straight through the driver: the event path writes thousands of rows a second, and
-    SQLAlchemy's per-row parameter processing was half of that time. On SQLite, dates and times are
-    written as the text SQLAlchemy writes and reads them."""
-    if frame.height == 0:
-        return
-    if connection.dialect.name == "sqlite":
-        frame = frame.with_columns([pl.col(c).dt.strftime("%Y-%m-%d") for c, t in frame.schema.items() if t == pl.Date]
-                                   + [pl.col(c).dt.strftime("%Y-%m-%d %H:%M:%S.%6f") for c, t in frame.schema.items()
-                                      if isinstance(t, pl.Datetime)])
-    marker = "?" if connection.dialect.paramstyle == "qmark" else "%s"
-    columns = ", ".join(f'"{c}"' for c in frame.columns)
-    sql = f'INSERT INTO "{table.name}" ({columns}) VALUES ({", ".join([marker] * frame.width)}) {on_conflict}'
-    rows = frame.rows()
-    for start in range(0, len(rows), CHUNK):
-        connection.exec_driver_sql(sql, rows[start:start + CHUNK])
-
-
-def _frame(rows: list, schema: dict) -> pl.DataFrame:
-    dates = [c for c, t in schema.items() if t == pl.Date]
-    if not (rows and dates and isinstance(rows[0][list(schema).index(dates[0])], str)):
-        return pl.DataFrame(rows, schema=schema, orient="row")
-    as_text = {c: (pl.String if c in dates else t) for c, t in schema.items()}
-    return pl.DataFrame(rows, schema=as_text, orient="row").with_columns(pl.col(c).str.to_date("%Y-%m-%d") for c in dates)
 
 
 def _decoded(row: dict) -> dict:

@@ -20,7 +20,8 @@ from typing import Callable
 import polars as pl
 import sqlalchemy as sa
 
-from data.store import Store
+from data.schemas import POSITIONS
+from data.store import Store, bulk_insert, read_rows, upsert_clause
 
 
 class SweepStore:
@@ -54,12 +55,14 @@ class SweepStore:
         return pl.Series("spu_id", rows, dtype=pl.String)
 
     def positions_between(self, connection: sa.Connection, low: str, high: str | None) -> pl.DataFrame:
-        """The positions on SPUs from ``low`` up to (not including) ``high``; to the end without ``high``."""
+        """The positions on SPUs from ``low`` up to (not including) ``high``; to the end without ``high``. Read
+        in the sweep's transaction, straight through the driver (see ``read_rows``)."""
         positions = self._table("positions")
         where = positions.c.spu_id >= low
         if high is not None:
             where = sa.and_(where, positions.c.spu_id < high)
-        return self.store.read("positions", where)
+        query = sa.select(*[positions.c[c] for c in POSITIONS.column_names]).where(where)
+        return read_rows(connection, query, None, None, POSITIONS.polars_schema).sort("position_id")
 
     def position(self, position_id: str) -> pl.DataFrame:
         return self.store.read("positions", self._table("positions").c.position_id == position_id)
@@ -91,8 +94,12 @@ class SweepStore:
         return pl.DataFrame(rows, infer_schema_length=None), alerts.sort("as_of") if alerts.height else alerts
 
     def write_results(self, results: pl.DataFrame, alerts: pl.DataFrame, connection: sa.Connection) -> None:
-        """A sweep's results and alerts (all of them, or one part's), in the caller's transaction."""
-        self.store.upsert_many({"sweep_results": results, "alerts": alerts}, connection)
+        """A sweep's results and alerts (all of them, or one part's), in the caller's transaction: upserts
+        straight through the driver (``bulk_insert``). Through SQLAlchemy's upsert, writing them was 39% of
+        a sweep of a million positions through SQLite (41.7 of 107 s); this way 18.5 s."""
+        for name, frame in (("sweep_results", results), ("alerts", alerts)):
+            table = self._table(name)
+            bulk_insert(connection, table, frame, upsert_clause(table, frame.columns))
 
     def complete_sweep(self, sweep: pl.DataFrame, connection: sa.Connection) -> None:
         """The sweep row, after every result, in the same transaction: a sweep row always means complete

@@ -130,11 +130,11 @@ from data import Store
 from monitoring import Monitor
 store = Store(sys.argv[1])
 monitor = Monitor(store)
-real = store.upsert_many
-def die_mid_write(frames, connection):
-    real({"sweep_results": frames["sweep_results"]}, connection)  # half the writes are in the transaction ...
-    os.kill(os.getpid(), signal.SIGKILL)                        # ... when the process dies
-store.upsert_many = die_mid_write
+real = monitor.sweeps.write_results
+def die_mid_write(results, alerts, connection):
+    real(results, alerts, connection)     # the results are in the transaction ...
+    os.kill(os.getpid(), signal.SIGKILL)  # ... when the process dies, before the states and the sweep row
+monitor.sweeps.write_results = die_mid_write
 monitor.run_sweep(date(2024, 3, 31))
 """
 

@@ -1,3 +1,5 @@
+from datetime import date
+
 import polars as pl
 import pytest
 import sqlalchemy as sa
@@ -88,3 +90,79 @@ def test_upgrade_keeps_the_sweep_results_and_orders_of_an_older_schema(tmp_path)
 def test_unknown_table_refused(store):
     with pytest.raises(ValueError, match="unknown table"):
         store.read("loans")
+
+
+def test_read_rows_by_key_and_bulk_upsert(store):
+    """Rows by a list of keys, bound as one parameter: more keys than an IN list was asked in, keys a
+    JSON list must escape, no keys, keys not there. And the driver-level upsert replaces a row by its key."""
+    from data.store import bulk_insert, read_rows, upsert_clause
+
+    odd = ['quote"d', "back\\slash", "it's", "ünï", "[1]"]
+    ids = [f"S{i:05d}" for i in range(2_500)] + odd
+    positions = pl.DataFrame({"position_id": [f"P-{s}" for s in ids], "loan_id": "L", "borrower": "B", "spu_id": ids,
+                              "quantity": 1, "warehouse": "W", "pledged_at": date(2024, 1, 1),
+                              "loan_amount": 1.0, "pledge_unit_price": 2.0})
+    store.upsert("positions", positions)
+    table = store.table("positions")
+    schema = {"position_id": pl.String, "spu_id": pl.String, "pledged_at": pl.Date}
+    query = sa.select(table.c.position_id, table.c.spu_id, table.c.pledged_at)
+    wanted = ids[::2] + odd + ["not-there"]
+    with store.engine.begin() as connection:
+        got = read_rows(connection, query, table.c.spu_id, wanted, schema).sort("spu_id")
+        assert got["spu_id"].to_list() == sorted(set(wanted) - {"not-there"})
+        assert got["pledged_at"].unique().to_list() == [date(2024, 1, 1)]  # a date on both stores
+        assert read_rows(connection, query, table.c.spu_id, [], schema).height == 0
+        assert read_rows(connection, query, None, None, schema).height == len(ids)
+        changed = positions.head(2).with_columns(pl.lit(7).alias("quantity"))
+        bulk_insert(connection, table, changed, upsert_clause(table, changed.columns))
+    stored = store.read("positions")
+    assert stored.height == len(ids) and stored.filter(pl.col("quantity") == 7)["position_id"].to_list() == \
+        changed["position_id"].to_list()
+
+
+def test_bulk_upsert_of_many_rows_keeps_every_row_and_their_order(store):
+    """Over COPY_ROWS rows (PostgreSQL COPYs them through a staging table): an upsert replaces by key and
+    adds the new ones, and an identity column numbers the rows in the frame's order."""
+    from datetime import datetime
+
+    from data.health_log import ALERT_COLUMNS, HealthLog
+    from data.store import COPY_ROWS, bulk_insert, upsert_clause
+
+    n = COPY_ROWS + 500
+    table = store.table("positions")
+    odd_text = ["", 'a,"b"\nc', "ünï\\"]  # COPY's CSV: an empty string is not a null; quotes, commas, lines
+    first = pl.DataFrame({"position_id": [f"P{i:05d}" for i in range(n)], "loan_id": "L", "borrower": "B",
+                          "spu_id": "S", "quantity": 1, "warehouse": [odd_text[i % 3] for i in range(n)],
+                          "pledged_at": date(2024, 1, 1),
+                          "loan_amount": 1.0, "pledge_unit_price": 2.0})
+    again = first.tail(n - 100).with_columns(pl.col("quantity") + 1)  # 100 kept, the rest replaced ...
+    extra = first.head(COPY_ROWS).with_columns(pl.format("Q{}", pl.col("position_id")).alias("position_id"))  # ... and new
+    with store.engine.begin() as connection:
+        bulk_insert(connection, table, first, upsert_clause(table, first.columns))
+        bulk_insert(connection, table, pl.concat([again, extra]), upsert_clause(table, first.columns))
+    stored = store.read("positions")
+    assert stored.height == n + COPY_ROWS
+    assert stored.group_by("quantity").len().sort("quantity").rows() == [(1, 100 + COPY_ROWS), (2, n - 100)]
+    assert stored.filter(pl.col("position_id").str.starts_with("P"))["warehouse"].to_list() == first["warehouse"].to_list()
+
+    keys = [f"K{(i * 7919) % n:05d}" for i in range(n)]  # not sorted: the order must come from the frame
+    alerts = pl.DataFrame({"alert_key": keys, "position_id": "P", "spu_id": "S", "trigger": "sweep", "source_id": "x",
+                           "as_of": date(2024, 1, 1), "action": "watch", "previous_action": None, "reasons": "[]",
+                           "observation": None, "created_at": datetime(2024, 1, 1)}).select(ALERT_COLUMNS)
+    log = HealthLog(store)
+    with log.gate() as connection:
+        log.add_alerts(connection, alerts)
+        log.add_alerts(connection, alerts.head(10))  # already there: left as they are
+    feed = log.alerts_since(0, limit=n + 10)
+    assert [a["alert_key"] for a in feed] == keys
+
+
+def test_upsert_of_a_key_twice_keeps_the_later_row(store):
+    from data.store import COPY_ROWS
+
+    n = COPY_ROWS + 10  # through COPY on PostgreSQL, where one statement cannot update a row twice
+    rows = pl.DataFrame({"spu_id": [f"S{i % (n // 2)}" for i in range(n)], "date": date(2024, 1, 2),
+                         "price": [float(i + 1) for i in range(n)], "units_sold": 1})
+    assert store.upsert("market", rows) == n
+    stored = store.read("market")
+    assert stored.height == n // 2 and stored["price"].min() == n // 2 + 1  # each SPU's second row
