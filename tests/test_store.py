@@ -120,7 +120,7 @@ def test_read_rows_by_key_and_bulk_upsert(store):
         changed["position_id"].to_list()
 
 
-def test_bulk_upsert_of_many_rows_keeps_every_row_and_their_order(store):
+def test_bulk_upsert_of_many_rows_keeps_every_row_and_their_order(store, monkeypatch):
     """Over COPY_ROWS rows (PostgreSQL COPYs them through a staging table): an upsert replaces by key and
     adds the new ones, and an identity column numbers the rows in the frame's order."""
     from datetime import datetime
@@ -128,6 +128,7 @@ def test_bulk_upsert_of_many_rows_keeps_every_row_and_their_order(store):
     from data.health_log import ALERT_COLUMNS, HealthLog
     from data.store import COPY_ROWS, bulk_insert, upsert_clause
 
+    monkeypatch.setattr("data.store.COPY_SLICE", 700)  # several slices of CSV, the last one short
     n = COPY_ROWS + 500
     table = store.table("positions")
     odd_text = ["", 'a,"b"\nc', "ünï\\"]  # COPY's CSV: an empty string is not a null; quotes, commas, lines
