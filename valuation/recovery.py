@@ -277,11 +277,16 @@ class RecoveryModel(BaseEstimator):
     ``fit(X, y, order)``: ``order`` is each example's pledge date; the latest ``calibration_share`` of the
     dates calibrate (one-sided CQR), the earlier ones train the quantile model that answers."""
 
+    # learning_rate: a 1% quantile's loss moves each leaf by small steps, and 200 rounds at 0.05 stopped short.
+    # At 0.1, on each backtest date's own history (trained on the earlier pseudo-pledge dates, shifted to breach
+    # 1% of the latest), the mean bound rose on 2 of 3 dates (May 0.297 -> 0.312, June 0.292 -> 0.304) and held
+    # on the third (July 0.264 -> 0.263).
     def __init__(self, confidence: float = 0.99, calibration_share: float = 0.3, max_iter: int = 200,
-                 min_samples_leaf: int = 100, random_state: int = 0):
+                 learning_rate: float = 0.1, min_samples_leaf: int = 100, random_state: int = 0):
         self.confidence = confidence
         self.calibration_share = calibration_share
         self.max_iter = max_iter
+        self.learning_rate = learning_rate
         self.min_samples_leaf = min_samples_leaf
         self.random_state = random_state
 
@@ -297,7 +302,7 @@ class RecoveryModel(BaseEstimator):
         self.keep_ = ~np.all(np.isnan(X[~calibrate]), axis=0)
         X = X[:, self.keep_]
         self.quantile_ = HistGradientBoostingRegressor(
-            loss="quantile", quantile=alpha, max_iter=self.max_iter, learning_rate=0.05,
+            loss="quantile", quantile=alpha, max_iter=self.max_iter, learning_rate=self.learning_rate,
             min_samples_leaf=self.min_samples_leaf, l2_regularization=1.0, random_state=self.random_state,
         ).fit(X[~calibrate], y[~calibrate])
         residuals = y[calibrate] - self.quantile_.predict(X[calibrate])
