@@ -1,9 +1,10 @@
-"""Helpers shared by the benchmarks: where the shared data is, a plain table printer, a free port, and a
-`bentoml serve` of the project run as a subprocess."""
+"""Helpers shared by the benchmarks: where the shared data is, a plain table printer, a free port, a
+working folder that goes when the run went well, and a `bentoml serve` of the project run as a subprocess."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,6 +33,15 @@ def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
     for row in rows:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
     print(line)
+
+
+def finish_work_folder(work: Path, keep: bool) -> None:
+    """Remove a run's working folder (its store and server logs, 30 to 150 MB) unless ``keep``: a bench keeps
+    it where the run went wrong, and a run that raised never gets here, so the logs stay to be read."""
+    if keep:
+        print(f"working folder kept: {work}", flush=True)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def free_port() -> int:

@@ -45,7 +45,7 @@ import numpy as np
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench._common import ROOT, BentoServer, free_port, print_table  # noqa: E402
+from bench._common import ROOT, BentoServer, finish_work_folder, free_port, print_table  # noqa: E402
 from bench.sweep import START, synthetic_book  # noqa: E402
 from data import Store  # noqa: E402
 from monitoring import Monitor, apply_market_updates  # noqa: E402
@@ -241,6 +241,8 @@ def main() -> None:
     parser.add_argument("--drain-s", type=float, default=180.0, help="how long to wait for every alert to arrive")
     parser.add_argument("--model", default="pledgeval:latest")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--keep", action="store_true", help="keep the working folder (store, server log); it is "
+                        "kept anyway when an alert was lost or duplicated")
     args = parser.parse_args()
     os.environ.setdefault("BENTOML_HOME", str(ROOT / "var" / "bentoml"))
 
@@ -329,6 +331,7 @@ def main() -> None:
     never_applied = len(batches) - len(answered)
     duplicates = duplicate_alerts(market_alerts, events, swept)
     redelivered = sum(n - 1 for n in receiver.received.values() if n > 1)
+    finish_work_folder(work, args.keep or never_received + never_applied + duplicates > 0)
 
     def latency(batch_ids: range) -> np.ndarray:
         wanted = {f"bench-{k}" for k in batch_ids}

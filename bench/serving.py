@@ -36,7 +36,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench._common import BentoServer, free_port, print_table  # noqa: E402
+from bench._common import BentoServer, finish_work_folder, free_port, print_table  # noqa: E402
 
 KEY = "bench-key"
 
@@ -151,6 +151,8 @@ def main() -> None:
     parser.add_argument("--model", default="pledgeval:latest")
     parser.add_argument("--service-env", action="append", default=[], metavar="NAME=VALUE", type=_name_value,
                         help="environment of both servers, e.g. PLEDGEVAL_ACCESS_LOG=off (repeatable)")
+    parser.add_argument("--keep", action="store_true", help="keep the working folder (store, server logs); "
+                        "it is kept anyway when a request failed")
     args = parser.parse_args()
     os.environ.setdefault("BENTOML_HOME", str(ROOT / "var" / "bentoml"))
 
@@ -248,6 +250,7 @@ def main() -> None:
           f"(cumulative by size: {spread or 'none'})")
     c, fc, o, fo = figures["closed"], figures["floor_closed"], figures["open"], figures["floor_open"]
     errors = sum(f["errors"] for f in figures.values())
+    finish_work_folder(work, args.keep or errors > 0)
     print(f"p50_ms={c['p50']:.1f} p99_ms={c['p99']:.1f} rps={c['rps']:.0f} floor_rps={fc['rps']:.0f} "
           f"rps_over_floor={c['rps'] / fc['rps']:.2f} fixed_rate_p50_ms={o['p50']:.1f} fixed_rate_p99_ms={o['p99']:.1f} "
           f"floor_fixed_rate_p99_ms={fo['p99']:.1f} p99_over_floor={o['p99'] / fo['p99']:.2f} "
