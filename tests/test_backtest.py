@@ -156,6 +156,24 @@ def test_kupiec_pof():
     assert backtest.kupiec_pof(1000, 0, 0.01) < 0.01  # too few breaches is a mis-calibration too
 
 
+def test_each_pledge_date_reports_its_own_kupiec_p_value():
+    # a pooled 1% can hide one date at 2% and another at 0%: each date is tested on its own breaches
+    rows = [(date(2011, 5, 1), 1, 20)] * 1000 + [(date(2011, 6, 1), 1, 0)] * 1000
+    positions = pl.DataFrame(rows, schema=["pledge_date", "quantity", "breach"], orient="row").with_columns(
+        pl.lit(10.0).alias("price"), pl.lit(5.0).alias("loan_per_unit"), pl.lit("accept").alias("decision"),
+        pl.when(pl.int_range(pl.len()).over("pledge_date") < pl.col("breach")).then(4.0).otherwise(9.0).alias("recovery"))
+    summary = backtest.summarize(positions, 0.99)
+    assert summary["ours"]["breaches"] == 20 and summary["ours"]["kupiec_p"] == pytest.approx(1.0)
+    may, june = summary["by_date"][date(2011, 5, 1)]["ours"], summary["by_date"][date(2011, 6, 1)]["ours"]
+    assert (may["breaches"], june["breaches"]) == (20, 0)
+    assert may["kupiec_p"] == pytest.approx(backtest.kupiec_pof(1000, 20, 0.01)) and may["kupiec_p"] < 0.01
+    assert june["kupiec_p"] == pytest.approx(backtest.kupiec_pof(1000, 0, 0.01)) and june["kupiec_p"] < 0.01
+    table = {row[0]: row for row in backtest.table_rows(summary)}
+    assert all(len(row) == len(backtest.TABLE_HEADER) for row in table.values())
+    assert table["ours, pledged 2011-05-01"][-1] == f"{may['kupiec_p']:.4f}"
+    assert table["ours (pledge price)"][-1] == "1.0000" and table["flat50, pledged 2011-05-01"][-1] == ""
+
+
 class _FixedModel:
     """Lends half the price seen in training; records the last order line it was trained on."""
     seen: list = []

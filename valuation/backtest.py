@@ -166,6 +166,8 @@ def summarize(positions: pl.DataFrame, confidence: float) -> dict:
     out["by_date"] = {d: {"ours": figures(part, ours), "flat50": figures(part, pl.col("price") * 0.5),
                           "auto_share": part.filter(pl.col("decision") == "accept").height / part.height}
                       for (d,), part in sorted(positions.partition_by("pledge_date", as_dict=True).items())}
+    for part in out["by_date"].values():  # a bound that holds only pooled over the dates is not a bound
+        part["ours"]["kupiec_p"] = kupiec_pof(part["ours"]["n"], part["ours"]["breaches"], 1 - confidence)
     out["confidence"] = confidence
     # the same lender judged at a flat lender's terms: every loan scaled by one factor until it matches
     out["ours_at_flat30_advance"] = _scaled_to(positions, "advance_rate", out["flat30"]["advance_rate"])
@@ -204,10 +206,11 @@ def key_values(summary: dict) -> str:
 
 
 def table_rows(summary: dict) -> list[list[str]]:
-    """Rows for a printed table: lender, positions, breaches, breach rate, loss rate, advance rate."""
+    """Rows for a printed table: lender, positions, breaches, breach rate, loss rate, advance rate, and Kupiec's
+    p-value against the policy's confidence where the row is ours as priced (blank elsewhere)."""
     def row(name, f):
         return [name, str(f["n"]), str(f["breaches"]), f"{f['breach_rate']:.4f}", f"{f['loss_rate']:.4f}",
-                f"{f['advance_rate']:.4f}"]
+                f"{f['advance_rate']:.4f}", f"{f['kupiec_p']:.4f}" if "kupiec_p" in f else ""]
     rows = [row("ours (pledge price)", summary["ours"]),
             row(f"ours, accepted automatically ({summary['auto']['share']:.1%})", summary["auto"])]
     rows += [row(f"{name} (advance {adv:.2f} of P)", summary[name]) for name, adv in BASELINES.items()]
@@ -219,4 +222,4 @@ def table_rows(summary: dict) -> list[list[str]]:
     return rows
 
 
-TABLE_HEADER = ["lender", "positions", "breaches", "breach rate", "loss rate", "advance rate"]
+TABLE_HEADER = ["lender", "positions", "breaches", "breach rate", "loss rate", "advance rate", "kupiec p"]
