@@ -172,6 +172,8 @@ def test_each_pledge_date_reports_its_own_kupiec_p_value():
     assert all(len(row) == len(backtest.TABLE_HEADER) for row in table.values())
     assert table["ours, pledged 2011-05-01"][-1] == f"{may['kupiec_p']:.4f}"
     assert table["ours (pledge price)"][-1] == "1.0000" and table["flat50, pledged 2011-05-01"][-1] == ""
+    assert (f"worst_date_breach_rate=0.0200 worst_date_kupiec_p={min(may['kupiec_p'], june['kupiec_p']):.4f}"
+            in backtest.key_values(summary))
 
 
 class _FixedModel:

@@ -201,6 +201,8 @@ def key_values(summary: dict) -> str:
             f"flat30_breach_rate={summary['flat30']['breach_rate']:.4f} "
             f"breach_at_flat30_advance={summary['ours_at_flat30_advance']['breach_rate']:.4f} "
             f"advance_at_flat50_breach={summary['ours_at_flat50_breach']['advance_rate']:.4f} "
+            f"worst_date_breach_rate={max(d['ours']['breach_rate'] for d in summary['by_date'].values()):.4f} "
+            f"worst_date_kupiec_p={min(d['ours']['kupiec_p'] for d in summary['by_date'].values()):.4f} "
             f"confidence={summary['confidence']} "
             f"n_positions={o['n']}")
 
