@@ -87,6 +87,27 @@ def test_upgrade_keeps_the_sweep_results_and_orders_of_an_older_schema(tmp_path)
     assert orders.height == 1 and orders["quantity"][0] == 2 and orders["customer_id"][0] is None
 
 
+def test_plain_tables_read_through_the_driver_in_batches_as_sqlalchemy_reads_them(store, demo, monkeypatch):
+    from data.store import _from_rows
+
+    load_all(store, demo)
+    for name in ("market", "positions"):
+        with store.engine.connect() as connection:
+            rows = connection.execute(sa.select(store.table(name))).mappings().all()
+        as_sqlalchemy_reads = _from_rows(name, rows)
+        assert as_sqlalchemy_reads.height > 2 * 7
+        assert_frame_equal(store.read(name), as_sqlalchemy_reads)
+        monkeypatch.setattr("data.store.READ_BATCH", 7)  # many batches, the last one short
+        assert_frame_equal(store.read(name), as_sqlalchemy_reads)
+        monkeypatch.undo()
+    market = store.table("market")
+    one = demo.market["spu_id"][0]
+    assert_frame_equal(store.read("market", market.c.spu_id == one),
+                       _from_rows("market", []).vstack(demo.market.filter(pl.col("spu_id") == one)
+                                                       .select(store.read("market").columns)).sort("spu_id", "date"))
+    assert store.read("market", market.c.spu_id == "no such SPU").schema == store.read("market").schema
+
+
 def test_unknown_table_refused(store):
     with pytest.raises(ValueError, match="unknown table"):
         store.read("loans")
