@@ -245,7 +245,10 @@ def upsert_clause(table: sa.Table, columns: list[str]) -> str:
 
 def _frame(rows: list, schema: dict) -> pl.DataFrame:
     dates = [c for c, t in schema.items() if t == pl.Date]
-    if not (rows and dates and isinstance(rows[0][list(schema).index(dates[0])], str)):
+    at = list(schema).index(dates[0]) if dates else None
+    # SQLite hands dates over as text: told by the first date that is there (a nullable column may start empty)
+    first = next((row[at] for row in rows if row[at] is not None), None) if dates else None
+    if not isinstance(first, str):
         return pl.DataFrame(rows, schema=schema, orient="row")
     as_text = {c: (pl.String if c in dates else t) for c, t in schema.items()}
     return pl.DataFrame(rows, schema=as_text, orient="row").with_columns(pl.col(c).str.to_date("%Y-%m-%d") for c in dates)

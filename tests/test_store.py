@@ -108,6 +108,15 @@ def test_plain_tables_read_through_the_driver_in_batches_as_sqlalchemy_reads_the
     assert store.read("market", market.c.spu_id == "no such SPU").schema == store.read("market").schema
 
 
+def test_dates_handed_over_as_text_are_parsed_when_the_first_rows_have_none():
+    from data.store import _frame
+
+    frame = _frame([("a", None), ("b", "2024-01-02")], {"k": pl.String, "d": pl.Date})
+    assert frame["d"].to_list() == [None, date(2024, 1, 2)]
+    assert _frame([("a", date(2024, 1, 2))], {"k": pl.String, "d": pl.Date})["d"].to_list() == [date(2024, 1, 2)]
+    assert _frame([], {"k": pl.String, "d": pl.Date}).schema == {"k": pl.String, "d": pl.Date}
+
+
 def test_unknown_table_refused(store):
     with pytest.raises(ValueError, match="unknown table"):
         store.read("loans")
