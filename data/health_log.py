@@ -52,19 +52,10 @@ class HealthLog:
             connection.execute(sa.update(gate).where(gate.c.name == "alerts").values(turns=gate.c.turns + 1))
             yield connection
 
-    @contextmanager
-    def _reading(self, connection: sa.Connection | None) -> Iterator[sa.Connection]:
-        """The caller's connection (inside its transaction), or one of our own to read outside any."""
-        if connection is not None:
-            yield connection
-            return
-        with self.store.engine.connect() as own:
-            yield own
-
     def turn(self, connection: sa.Connection | None = None) -> int:
         """The gate's turn count: inside the gate, this transaction's own turn."""
         gate = self._table("write_gate")
-        with self._reading(connection) as reading:
+        with self.store.reading(connection) as reading:
             return reading.execute(sa.select(gate.c.turns).where(gate.c.name == "alerts")).scalar_one()
 
     def touched_since(self, connection: sa.Connection, spu_ids: list[str], turn: int) -> list[str]:
@@ -97,31 +88,31 @@ class HealthLog:
         query = sa.select(market.c.spu_id, market.c.date, market.c.price, market.c.units_sold)
         if until is not None:
             query = query.where(market.c.date <= until)
-        with self._reading(connection) as reading:
+        with self.store.reading(connection) as reading:
             return read_rows(reading, query, market.c.spu_id, spu_ids, MARKET_SCHEMA)
 
     def first_market_dates(self, spu_ids: list[str]) -> dict[str, date]:
         market = self._table("market")
         query = sa.select(market.c.spu_id, sa.func.min(market.c.date)).group_by(market.c.spu_id)
-        with self._reading(None) as reading:
+        with self.store.reading(None) as reading:
             first = read_rows(reading, query, market.c.spu_id, spu_ids, {"spu_id": pl.String, "first": pl.Date})
         return dict(first.iter_rows())
 
     def known_spus(self, spu_ids: list[str]) -> set[str]:
         spus = self._table("spus")
-        with self._reading(None) as reading:
+        with self.store.reading(None) as reading:
             known = read_rows(reading, sa.select(spus.c.spu_id), spus.c.spu_id, spu_ids, {"spu_id": pl.String})
         return set(known["spu_id"].to_list())
 
     def last_market_date(self, connection: sa.Connection | None = None) -> date | None:
         market = self._table("market")
-        with self._reading(connection) as reading:
+        with self.store.reading(connection) as reading:
             return reading.execute(sa.select(sa.func.max(market.c.date))).scalar()
 
     def positions_on(self, connection: sa.Connection | None, spu_ids: list[str]) -> pl.DataFrame:
         positions = self._table("positions")
         query = sa.select(*[positions.c[c] for c in POSITIONS.column_names])
-        with self._reading(connection) as reading:
+        with self.store.reading(connection) as reading:
             return read_rows(reading, query, positions.c.spu_id, spu_ids, POSITIONS.polars_schema).sort("position_id")
 
     # -- what alerts are de-duplicated against ------------------------------------------------

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -81,15 +82,14 @@ class Store:
         written = {}
         for name, frame in frames.items():
             table = self.table(name)
-            if name not in JSON_COLUMNS and name not in DERIVED_KEYS:  # columns the driver takes as they are
-                key = [c.name for c in table.primary_key.columns]
+            key = [c.name for c in table.primary_key.columns]
+            if _as_stored(name):
                 # a key twice: the later row wins, as row-by-row upserts had it (one statement cannot update a row twice)
                 rows = _completed(name, frame).unique(subset=key, keep="last", maintain_order=True)
                 bulk_insert(connection, table, rows, upsert_clause(table, [c.name for c in table.columns]))
                 written[name] = frame.height
                 continue
             rows = _to_rows(name, frame)
-            key = [c.name for c in table.primary_key.columns]
             statement = self.insert(table)
             update = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in key}
             statement = (statement.on_conflict_do_update(index_elements=key, set_=update) if update
@@ -109,7 +109,19 @@ class Store:
             raise NotImplementedError(f"upserts are implemented for sqlite and postgresql, not {self.engine.dialect.name}")
         return insert(table)
 
-    def read(self, name: str, where: sa.ColumnElement | None = None) -> pl.DataFrame:
+    @contextmanager
+    def reading(self, connection: sa.Connection | None) -> Iterator[sa.Connection]:
+        """The caller's connection (inside its transaction), or one of our own to read outside any."""
+        if connection is not None:
+            yield connection
+            return
+        with self.engine.connect() as own:
+            yield own
+
+    def read(self, name: str, where: sa.ColumnElement | None = None,
+             connection: sa.Connection | None = None) -> pl.DataFrame:
+        """The table's rows (those ``where`` selects), sorted by its key. ``connection``: read in the caller's
+        transaction (plain tables only, see ``_plain``); otherwise on a connection of its own."""
         table, schema = self.table(name), TABLES.get(name)
         if schema is not None and _plain(schema):
             # straight through the driver, READ_BATCH rows to a frame at a time. As SQLAlchemy row mappings, a
@@ -117,8 +129,10 @@ class Store:
             # 16 s, 0.8 GB), and a 5M-position book's took the process past 14 GB
             query = sa.select(*[table.c[c] for c in schema.column_names])
             query = query if where is None else query.where(where)
-            with self.engine.connect() as connection:
-                return read_rows(connection, query, None, None, schema.polars_schema).sort(list(schema.key))
+            with self.reading(connection) as reading:
+                return read_rows(reading, query, None, None, schema.polars_schema).sort(list(schema.key))
+        if connection is not None:
+            raise ValueError(f"{name}: only plain tables are read in the caller's transaction")
         query = sa.select(table) if where is None else sa.select(table).where(where)
         with self.engine.connect() as connection:
             rows = connection.execute(query).mappings().all()
@@ -181,11 +195,16 @@ def _fetch(connection: sa.Connection, query: sa.Select, schema: dict) -> pl.Data
         cursor.close()
 
 
+def _as_stored(name: str) -> bool:
+    """The database keeps the table's columns as its frame has them (no JSON column, no derived key)."""
+    return name not in JSON_COLUMNS and name not in DERIVED_KEYS
+
+
 def _plain(schema) -> bool:
     """A table that the driver's rows give as they are: text, integers, floats and dates (which ``_frame``
     parses on SQLite) only; no JSON, derived key, time or boolean column."""
-    return schema.name not in JSON_COLUMNS and schema.name not in DERIVED_KEYS and all(
-        t in (pl.String, pl.Int64, pl.Float64, pl.Date) for t in schema.polars_schema.values())
+    return _as_stored(schema.name) and all(t in (pl.String, pl.Int64, pl.Float64, pl.Date)
+                                           for t in schema.polars_schema.values())
 
 
 def bulk_insert(connection: sa.Connection, table: sa.Table, frame: pl.DataFrame, on_conflict: str = "") -> None:

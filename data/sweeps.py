@@ -20,8 +20,7 @@ from typing import Callable
 import polars as pl
 import sqlalchemy as sa
 
-from data.schemas import POSITIONS
-from data.store import Store, bulk_insert, read_rows, upsert_clause
+from data.store import Store, bulk_insert, upsert_clause
 
 
 class SweepStore:
@@ -61,8 +60,7 @@ class SweepStore:
         where = positions.c.spu_id >= low
         if high is not None:
             where = sa.and_(where, positions.c.spu_id < high)
-        query = sa.select(*[positions.c[c] for c in POSITIONS.column_names]).where(where)
-        return read_rows(connection, query, None, None, POSITIONS.polars_schema).sort("position_id")
+        return self.store.read("positions", where, connection)
 
     def position(self, position_id: str) -> pl.DataFrame:
         return self.store.read("positions", self._table("positions").c.position_id == position_id)
