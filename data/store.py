@@ -12,6 +12,7 @@ import json
 import os
 import uuid
 from contextlib import contextmanager
+from itertools import islice
 from pathlib import Path
 from typing import Iterator
 
@@ -186,13 +187,32 @@ def _fetch(connection: sa.Connection, query: sa.Select, schema: dict) -> pl.Data
         params = tuple(params[name] for name in compiled.positiontup)
     cursor = connection.connection.cursor()
     try:
-        cursor.execute(str(compiled), params)
-        frames = []
-        while rows := cursor.fetchmany(READ_BATCH):
-            frames.append(_frame(rows, schema))
+        streamed = connection.dialect.driver == "psycopg" and _chunked_streams()
+        frames = [_frame(rows, schema) for rows in _batches(cursor, str(compiled), params, streamed)]
         return pl.concat(frames) if frames else _frame([], schema)
     finally:
         cursor.close()
+
+
+def _batches(cursor, sql: str, params, streamed: bool) -> Iterator[list]:
+    """The query's rows, READ_BATCH at a time. With psycopg on libpq 17 or later, a stream in chunks of
+    READ_BATCH rows: a plain cursor has libpq hold the whole result before the first row (a 1M-position
+    book read peaked at 1.23 GB that way, streamed at 1.0 GB), and a server-side cursor's FETCHes took
+    1.5 times as long as the plain cursor (the stream: 0.8 times)."""
+    if streamed:
+        rows = cursor.stream(sql, params, size=READ_BATCH)
+        while batch := list(islice(rows, READ_BATCH)):
+            yield batch
+        return
+    cursor.execute(sql, params)
+    while batch := cursor.fetchmany(READ_BATCH):
+        yield batch
+
+
+def _chunked_streams() -> bool:
+    import psycopg
+
+    return psycopg.pq.version() >= 170000  # libpq's chunked rows mode
 
 
 def _as_stored(name: str) -> bool:
