@@ -28,6 +28,10 @@ from monitoring.sweep import Monitor, outbox_rows, reasons_json
 
 MAX_OBSERVATIONS = 5_000  # per call: a bigger feed is sent in several batches
 MAX_SOURCE_CHARS = 64
+# a day's units and unit price beyond any feed's: past them a position's collateral value (quantity x price)
+# overflowed to infinity and scored as healthy
+MAX_UNITS = 1_000_000_000
+MAX_PRICE = 1e12
 INPUT_SCHEMA = {"spu_id": pl.String, "date": pl.String, "price": pl.Float64, "units": pl.Int64, "source": pl.String}
 
 
@@ -71,7 +75,10 @@ def file_observations(market: pl.DataFrame, source: str) -> pl.DataFrame:
 def check_observations(frame: pl.DataFrame, known_spus: set[str], first_dates: dict[str, date],
                        today: date) -> tuple[pl.DataFrame, list[dict]]:
     """(the good observations as market rows with their source, one error per bad field). Vectorised."""
-    frame = frame.with_row_index("item").with_columns(pl.col("date").str.to_date("%Y-%m-%d", strict=False).alias("_day"))
+    # the pattern first: on its own, the parser also took "2024-4-9", " 2024-04-29" and "+2024-04-29"
+    iso = pl.col("date").str.contains(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+    frame = frame.with_row_index("item").with_columns(
+        pl.when(iso).then(pl.col("date").str.to_date("%Y-%m-%d", strict=False)).alias("_day"))
     first = pl.DataFrame({"spu_id": list(first_dates), "_first": list(first_dates.values())},
                          schema={"spu_id": pl.String, "_first": pl.Date})
     frame = frame.join(first, on="spu_id", how="left", maintain_order="left")
@@ -84,10 +91,10 @@ def check_observations(frame: pl.DataFrame, known_spus: set[str], first_dates: d
         ("date", pl.col("_day") > today, pl.format("{} is in the future (today is {})", pl.col("_day"), pl.lit(today))),
         ("date", pl.col("_day") < pl.col("_first"),
          pl.format("{} is before the SPU's first market observation ({})", pl.col("_day"), pl.col("_first"))),
-        ("price", price.is_null() | price.is_nan() | price.is_infinite() | (price <= 0),
-         pl.format("must be a finite number > 0 (got {})", price.cast(pl.String).fill_null("nothing"))),
-        ("units", units.is_null() | (units < 0), pl.format("must be an integer >= 0 (got {})",
-                                                           units.cast(pl.String).fill_null("nothing"))),
+        ("price", price.is_null() | price.is_nan() | price.is_infinite() | (price <= 0) | (price > MAX_PRICE),
+         pl.format(f"must be a finite number > 0 and at most {MAX_PRICE:.0e} (got {{}})", price.cast(pl.String).fill_null("nothing"))),
+        ("units", units.is_null() | (units < 0) | (units > MAX_UNITS),
+         pl.format(f"must be an integer from 0 to {MAX_UNITS:,} (got {{}})", units.cast(pl.String).fill_null("nothing"))),
         ("source", pl.col("source").str.len_chars() > MAX_SOURCE_CHARS, pl.lit(f"at most {MAX_SOURCE_CHARS} characters")),
     ]
     bad = pl.concat([frame.filter(is_bad.fill_null(False)).select("item", pl.lit(name).alias("field"), reason.alias("error"))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hmac
 import os
+from http import HTTPStatus
 
+from bentoml.exceptions import BentoMLException
 from starlette.responses import JSONResponse
 
 from serving.schemas import MAX_BODY_BYTES
@@ -59,14 +61,16 @@ class ApiKeyMiddleware:
                                status_code=413)(scope, receive, send)
 
 
-class BodyTooLarge(ValueError):
-    pass
+class BodyTooLarge(BentoMLException):
+    """A BentoML client error (413), so that its log line is one INFO line, not a server error's traceback."""
+    error_code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
 
 
 def presented_key(headers: dict[str, str]) -> str:
     """The key of ``X-API-Key``, or of ``Authorization: Bearer KEY`` (the scheme in any case); a bare
-    ``Authorization: KEY`` without a scheme is not a key."""
-    if "x-api-key" in headers:
+    ``Authorization: KEY`` without a scheme is not a key. An empty ``X-API-Key`` is no key: it does not hide a
+    Bearer key sent beside it."""
+    if headers.get("x-api-key", "").strip():
         return headers["x-api-key"].strip()
     scheme, _, token = headers.get("authorization", "").strip().partition(" ")
     return token.strip() if scheme.lower() == "bearer" else ""

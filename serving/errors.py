@@ -1,6 +1,7 @@
 """One error shape on every route, and client errors logged as what they are.
 
-Every 4xx/5xx answer is ``{"error": "<field>: <what is wrong>"}``; a request that fails validation also
+Every 4xx/5xx answer is ``{"error": "<field>: <what is wrong>"}`` (the framework's plain-text answers, such
+as an unknown path's 404, become ``{"error": "<method> <path>: <its text>"}``); a request that fails validation also
 carries ``"detail"``, pydantic's list of problems (``loc``, ``msg``, ``type``). BentoML answers an API
 method's exception as a one-element list and a validation error with a count instead of the fields, and
 logs both at ERROR with a traceback, as if the server had failed. The middleware reshapes the answers;
@@ -55,17 +56,24 @@ class ErrorShapeMiddleware:
         async def shaped_send(message):
             if message["type"] == "http.response.start":
                 headers = dict((k.lower(), v) for k, v in message.get("headers", []))
-                if message["status"] >= 400 and headers.get(b"content-type", b"").startswith(b"application/json"):
-                    held["start"], held["body"] = message, b""
+                kind = headers.get(b"content-type", b"")
+                if message["status"] >= 400 and kind.startswith((b"application/json", b"text/plain")):
+                    held["start"], held["body"], held["plain"] = message, b"", kind.startswith(b"text/plain")
                     return
             elif message["type"] == "http.response.body" and "start" in held:
                 held["body"] += message.get("body", b"")
                 if message.get("more_body"):
                     return
-                body = reshaped(held["body"]) or held["body"]
                 start = held.pop("start")
-                start["headers"] = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"] \
-                    + [(b"content-length", str(len(body)).encode())]
+                headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+                if held["plain"]:  # the framework's own answers (an unknown path, a method not allowed)
+                    text = held["body"].decode("utf-8", "replace").strip()
+                    body = json.dumps({"error": f"{scope.get('method')} {scope.get('path')}: {text}"}).encode()
+                    headers = [(k, v) for k, v in headers if k.lower() != b"content-type"] \
+                        + [(b"content-type", b"application/json")]
+                else:
+                    body = reshaped(held["body"]) or held["body"]
+                start["headers"] = headers + [(b"content-length", str(len(body)).encode())]
                 await send(start)
                 await send({"type": "http.response.body", "body": body})
                 return

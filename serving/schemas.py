@@ -38,7 +38,7 @@ class PriceItem(SpuQuery):
     reviews: list[Annotated[str, Field(max_length=MAX_REVIEW_CHARS)]] = Field(
         default_factory=list, max_length=MAX_REVIEWS, description=f"Review texts (at most {MAX_REVIEWS}, "
                                                                   f"{MAX_REVIEW_CHARS} characters each)")
-    quantity: int = Field(1, gt=0, le=1_000_000_000, description="Units pledged")
+    quantity: int = Field(1, gt=0, le=1_000_000_000, strict=True, description="Units pledged")
 
     def request(self) -> dict:
         return {"spu_id": self.spu_id, "title": self.title, "images": self.images(), "reviews": self.reviews,
@@ -50,8 +50,10 @@ class MarketObservation(BaseModel):
     monitor (monitoring.market_updates), so one bad observation does not refuse the batch."""
     spu_id: str = Field(max_length=128, description="A known SPU")
     date: str = Field(max_length=32, description="ISO date of the observation (not in the future)")
-    price: float = Field(description="Median unit price paid that day (finite, > 0)")
-    units: int = Field(description="Units sold that day (>= 0)")
+    # strict: a price or units sent as text or true is a wrong type (a 400), not a number read into it;
+    # the range only keeps units within the store's integers (the monitor checks the value)
+    price: float = Field(strict=True, description="Median unit price paid that day (finite, > 0)")
+    units: int = Field(strict=True, ge=-(2**63), lt=2**63, description="Units sold that day (>= 0)")
     source: str | None = Field(None, max_length=64, description="Where the observation comes from (kept with it)")
 
 

@@ -10,15 +10,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 from datetime import date, datetime
 from http import HTTPStatus
 from pathlib import Path
+from typing import Annotated
 
 import bentoml
 import numpy as np
 import polars as pl
 from bentoml.exceptions import BentoMLException
+from pydantic import Field
 
 from serving.auth import ApiKeyMiddleware, api_key
 from serving.batching import PriceBatcher
@@ -56,17 +59,31 @@ def _load_model():
         return demo_model(DEMO_DIR, log=None)
 
 
+def _as_sent(error: str) -> str:
+    """An item's error naming the request's field: the model's ``images`` is ``image_base64`` here."""
+    return "image_base64: " + error.removeprefix("images: ") if error.startswith("images: ") else error
+
+
+def _image_by_url(row: dict) -> dict:
+    """A catalogue SPU's row with its image as the URL that serves it, never its path on this machine."""
+    row["image_url"] = f"/catalog/{row['spu_id']}/image" if row.pop("image", None) else None
+    return row
+
+
 def _since(since: str | None) -> tuple[int, datetime | None]:
     """(cursor, created after) of a ``since`` parameter: an alert's or change's seq, or an ISO timestamp;
     nothing starts at the beginning."""
     if not since:
         return 0, None
-    if since.lstrip("-").isdigit():
-        if int(since) < 0:
-            raise BentoMLException("since: a cursor is >= 0", error_code=HTTPStatus.UNPROCESSABLE_ENTITY)
+    if re.fullmatch(r"-?[0-9]+", since):  # ASCII digits: str.isdigit() also takes "²"
+        if not 0 <= int(since) < 2**63:
+            raise BentoMLException("since: a cursor is an integer from 0 to 2**63 - 1",
+                                   error_code=HTTPStatus.UNPROCESSABLE_ENTITY)
         return int(since), None
     try:
-        return 0, datetime.fromisoformat(since).replace(tzinfo=None)
+        moment = datetime.fromisoformat(since)
+        # the store's times are this server's local time: a timestamp with an offset is converted to it
+        return 0, (moment.astimezone() if moment.tzinfo else moment).replace(tzinfo=None)
     except ValueError:
         raise BentoMLException(f"since: neither a cursor (an integer) nor an ISO timestamp: {since!r}",
                                error_code=HTTPStatus.UNPROCESSABLE_ENTITY) from None
@@ -175,10 +192,11 @@ class PledgeService:
             answers = await self._batcher(items)
         errors = [a["error"] for a in answers if a["error"]]
         if len(errors) == len(answers):
-            raise BentoMLException("; ".join(errors), error_code=status_of(errors[0]))
-        for answer in answers:  # a catalogue image is served by URL, never by its path on this machine
-            for comparable in answer["comparables"] or []:
-                comparable["image_url"] = f"/catalog/{comparable['spu_id']}/image" if comparable.pop("image") else None
+            raise BentoMLException("; ".join(_as_sent(e) for e in errors), error_code=status_of(errors[0]))
+        for answer in answers:
+            answer["error"] = answer["error"] and _as_sent(answer["error"])
+        for answer in answers:
+            answer["comparables"] = [_image_by_url(c) for c in answer["comparables"] or []] or answer["comparables"]
         return answers
 
     def _answers(self, items: list[PriceItem]) -> list[dict]:
@@ -191,7 +209,7 @@ class PledgeService:
         return [{k: a[k] for k in keep} for a in await self._priced(items)]
 
     @bentoml.api(route="/similar")
-    def similar(self, query: SpuQuery, k: int = 5) -> list[dict]:
+    def similar(self, query: SpuQuery, k: Annotated[int, Field(strict=True)] = 5) -> list[dict]:
         """The top-k known SPUs for a title and/or an image."""
         from embeddings import ImageError
 
@@ -202,10 +220,10 @@ class PledgeService:
         except ImageError as exc:
             raise BentoMLException(f"image_base64: {exc}", error_code=status_of(f"images: {exc}")) from exc
         except ValueError as exc:
-            raise BentoMLException(str(exc), error_code=HTTPStatus.UNPROCESSABLE_ENTITY) from exc
+            raise BentoMLException(f"query: {exc}", error_code=HTTPStatus.UNPROCESSABLE_ENTITY) from exc
         hits = hits.join(self.model.side, on="spu_id", how="left", maintain_order="left")
         prices = {s: float(np.exp(p)) for s, p in self.model.values.reference.items()}
-        return [{**row, "score": round(row["score"], 4), "price": prices.get(row["spu_id"])}
+        return [{**_image_by_url(row), "score": round(row["score"], 4), "price": prices.get(row["spu_id"])}
                 for row in _json_rows(hits)]
 
     # -- monitoring ---------------------------------------------------------------------------
@@ -265,9 +283,9 @@ class PledgeService:
         from monitoring.delivery import alert_payload
 
         (seq, after), count = _since(since), _limit(limit)
-        rows = self.monitor.log.alerts_since(seq, created_after=after, limit=count)
-        return {"alerts": [alert_payload(r) for r in rows], "cursor": rows[-1]["seq"] if rows else seq,
-                "more": len(rows) == count}
+        rows = self.monitor.log.alerts_since(seq, created_after=after, limit=count + 1)  # one more: is there a next page
+        more, rows = len(rows) > count, rows[:count]
+        return {"alerts": [alert_payload(r) for r in rows], "cursor": rows[-1]["seq"] if rows else seq, "more": more}
 
     def changes_since(self, since: str | None, limit: str | None) -> dict:
         """Positions whose grade or action a market update changed, after a cursor (as for alerts), each
@@ -275,12 +293,13 @@ class PledgeService:
         from monitoring.report import at_risk
 
         (seq, after), count = _since(since), _limit(limit)
-        rows = self.monitor.log.changes_since(seq, created_after=after, limit=count)
+        rows = self.monitor.log.changes_since(seq, created_after=after, limit=count + 1)
+        more, rows = len(rows) > count, rows[:count]
         if not rows:
             return {"changes": [], "cursor": seq, "more": False}
         frame = at_risk(pl.DataFrame(rows, infer_schema_length=None)).sort("seq")
         changes = _with_reason_text(_json_rows(frame.with_columns(pl.col("created_at").dt.to_string("%Y-%m-%dT%H:%M:%S"))))
-        return {"changes": changes, "cursor": rows[-1]["seq"], "more": len(rows) == count}
+        return {"changes": changes, "cursor": rows[-1]["seq"], "more": more}
 
     def sweep_status(self, sweep_id: str) -> dict:
         """A sweep's totals and its worst positions; ``latest`` is the most recent completed sweep. A sweep
@@ -371,7 +390,9 @@ class PledgeService:
             events = events.with_columns(pl.col("reasons").str.json_decode(pl.List(pl.String)),
                                          pl.col("created_at").alias("recorded_at"))
             events = events.drop("seq", "event_id", "observation", "changed", "created_at")
-            history = pl.concat([history, events] if history.height else [events], how="diagonal_relaxed").sort("recorded_at")
+            # by the day scored, then when: a sweep of an earlier day, run later, is history, not the health now
+            history = pl.concat([history, events] if history.height else [events],
+                                how="diagonal_relaxed").sort("as_of", "recorded_at")
         latest = _with_reason_text(_json_rows(history.tail(1).drop("completed_at", "recorded_at", strict=False)))[0]
         market = self.monitor.sweeps.market(spu_id=latest["spu_id"]).sort("date")
         return {"position_id": position_id, "latest": latest,

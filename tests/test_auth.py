@@ -23,7 +23,8 @@ def client(monkeypatch):
 
 
 @pytest.mark.parametrize("headers", [{"X-API-Key": "s3cret"}, {"Authorization": "Bearer s3cret"},
-                                     {"Authorization": "bearer s3cret"}, {"Authorization": "BEARER  s3cret "}])
+                                     {"Authorization": "bearer s3cret"}, {"Authorization": "BEARER  s3cret "},
+                                     {"X-API-Key": "", "Authorization": "Bearer s3cret"}])  # an empty one is none
 def test_the_key_is_taken_from_either_header_and_the_scheme_in_any_case(client, headers):
     assert client.post("/echo", content=b"x", headers=headers).status_code == 200
 

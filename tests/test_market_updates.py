@@ -130,10 +130,17 @@ def test_bad_observations_are_refused_per_item_naming_the_field_and_the_rest_app
              {**good, "spu_id": "B", "date": "2030-01-01"},
              {**good, "spu_id": "B", "date": "2023-01-01"},  # before B's first observation
              {**good, "spu_id": "B", "date": "31/03/2024"},
-             {**good, "price": 6.0}]                       # A on the same day again
+             {**good, "price": 6.0},                       # A on the same day again
+             # the date parser alone took these three (the first one overwrote B's stored 2024-03-05)
+             {**good, "spu_id": "B", "date": "2024-3-5"},
+             {**good, "spu_id": "B", "date": " " + good["date"]},
+             {**good, "spu_id": "B", "date": "+" + good["date"]},
+             {**good, "spu_id": "B", "price": 2e12},       # collateral values overflowed to infinity
+             {**good, "spu_id": "B", "units": 2_000_000_000}]
+    stored_before = monitor.store.read("market")
     outcome = apply_market_updates(monitor, items, today=TODAY)
     by_item = {e["item"]: (e["field"], e["error"]) for e in outcome.errors}
-    assert sorted(by_item) == [1, 2, 3, 4, 5, 6, 7, 8] and outcome.applied == 1
+    assert sorted(by_item) == list(range(1, 14)) and outcome.applied == 1
     assert by_item[1] == ("spu_id", "unknown SPU 'NOPE'")
     assert by_item[2][0] == "price" and "finite number > 0" in by_item[2][1]
     assert by_item[3][0] == "price" and by_item[4][0] == "units"
@@ -141,7 +148,11 @@ def test_bad_observations_are_refused_per_item_naming_the_field_and_the_rest_app
     assert by_item[6][0] == "date" and "before the SPU's first market observation (2023-12-01)" in by_item[6][1]
     assert by_item[7][0] == "date" and "not an ISO date" in by_item[7][1]
     assert by_item[8][0] == "date" and "item 0" in by_item[8][1]
+    assert all(by_item[k][0] == "date" and "not an ISO date" in by_item[k][1] for k in (9, 10, 11))
+    assert by_item[12][0] == "price" and "at most 1e+12" in by_item[12][1]
+    assert by_item[13][0] == "units" and "from 0 to 1,000,000,000" in by_item[13][1]
     market = monitor.store.read("market")
+    assert market.filter(pl.col("date") <= AS_OF).equals(stored_before)
     assert market.filter(pl.col("date") > AS_OF).rows() == [("A", AS_OF + timedelta(days=1), 5.0, 1)]
 
 

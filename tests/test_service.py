@@ -3,7 +3,7 @@
 import base64
 import io
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import httpx
 import polars as pl
@@ -90,6 +90,9 @@ def test_similar_admit_sweep_and_health(server):
     title = tables["spus"]["title"][5]
     hits = client.post("/similar", json={"query": {"title": title}, "k": 3}).json()
     assert hits[0]["spu_id"] == tables["spus"]["spu_id"][5] and len(hits) == 3
+    # a catalogue image by the URL that serves it, never its path on the server
+    assert all("image" not in h and h["image_url"] in (None, f"/catalog/{h['spu_id']}/image") for h in hits)
+    assert any(h["image_url"] for h in hits)
     admit = client.post("/admit", json={"items": [{"spu_id": tables["spus"]["spu_id"][0]}]}).json()
     assert set(admit[0]) >= {"decision", "reasons", "pledge_unit_price"}
     started = client.post("/sweep", json={})
@@ -181,8 +184,18 @@ def test_every_error_has_one_shape_naming_the_field(server):
     assert invalid.status_code == 400 and body["error"].startswith("items[0].quantity: ") and body["detail"]
     for response in (client.get("/positions/NOPE/health"), client.get("/sweeps/nope"),
                      client.post("/sweep", json={"as_of": "bad"}),
-                     httpx.post(f"{client.base_url}/price", json={"items": []}, timeout=10)):
+                     httpx.post(f"{client.base_url}/price", json={"items": []}, timeout=10),
+                     client.get("/no-such-route"), client.get("/price")):  # the framework's 404 and 405 too
         assert response.status_code >= 400 and isinstance(response.json(), dict) and response.json()["error"]
+    assert client.get("/price").json()["error"].startswith("GET /price: ")
+    # wrong types are refused, not read into numbers (true is 1, "5" is 5 to a lax parser)
+    for item in ({"spu_id": "A", "quantity": True}, {"spu_id": "A", "quantity": "5"}):
+        wrong = client.post("/price", json={"items": [item]})
+        assert wrong.status_code == 400 and wrong.json()["error"].startswith("items[0].quantity: "), wrong.text
+    wrong_k = client.post("/similar", json={"query": {"title": "mug"}, "k": True})
+    assert wrong_k.status_code == 400 and "k" in wrong_k.json()["error"], wrong_k.text
+    no_query = client.post("/similar", json={"query": {}})
+    assert no_query.status_code == 422 and no_query.json()["error"].startswith("query: ")
 
 
 def _alert_cursor(client) -> int:
@@ -232,6 +245,42 @@ def test_a_market_update_reaches_the_alert_feed_and_the_position_at_once(server)
     assert refused.status_code == 422 and "item 0, spu_id: unknown SPU 'NO-SUCH-SPU'" in refused.json()["error"]
     too_many = client.post("/market", json={"observations": feed[:1] * 5001})
     assert too_many.status_code == 413 and "at most 5000" in too_many.json()["error"]
-    for query in ({"since": "soon"}, {"since": -1}, {"limit": 0}):
-        response = client.get("/alerts", params=query)
-        assert response.status_code == 422 and response.json()["error"], (query, response.text)
+    for query in ({"since": "soon"}, {"since": -1}, {"limit": 0}, {"since": "\u00b2"}, {"since": str(2**63)},
+                  {"since": "9" * 30}):
+        for route in ("/alerts", "/positions/changes"):
+            response = client.get(route, params=query)
+            assert response.status_code == 422 and response.json()["error"].split(":")[0] in ("since", "limit"), \
+                (route, query, response.text)
+
+    # a page that ends at the last alert says there is no other
+    every = client.get("/alerts", params={"since": 0, "limit": 1000}).json()
+    n = len(every["alerts"])
+    assert not every["more"] and n >= 2
+    exact = client.get("/alerts", params={"since": 0, "limit": n}).json()
+    assert [a["seq"] for a in exact["alerts"]] == [a["seq"] for a in every["alerts"]] and exact["more"] is False
+    assert client.get("/alerts", params={"since": 0, "limit": n - 1}).json()["more"] is True
+    # a timestamp with a UTC offset is that moment, not the clock reading with the offset dropped
+    an_hour_ago = datetime.now().astimezone() - timedelta(hours=1)
+    offset = timedelta(hours=5) if an_hour_ago.utcoffset() != timedelta(hours=5) else timedelta(hours=-3)
+    elsewhere = an_hour_ago.astimezone(timezone(offset)).isoformat()
+    by_offset = client.get("/alerts", params={"since": elsewhere, "limit": 1000}).json()["alerts"]
+    by_local = client.get("/alerts", params={"since": an_hour_ago.replace(tzinfo=None).isoformat(),
+                                             "limit": 1000}).json()["alerts"]
+    assert [a["seq"] for a in by_offset] == [a["seq"] for a in by_local] and mine[0]["seq"] in {a["seq"] for a in by_offset}
+
+    # prices and units as text or true are wrong types; a non-ISO date never overwrites a stored day
+    for wrong in ({"price": "12.5"}, {"price": True}, {"units": "3"}, {"units": 2**64}):
+        response = client.post("/market", json={"observations": [{**feed[0], **wrong}]})
+        field = next(iter(wrong))
+        assert response.status_code == 400 and response.json()["error"].startswith(f"observations[0].{field}: "), \
+            (wrong, response.text)
+    first = tables["market"].filter(pl.col("spu_id") == spu).sort("date").row(0, named=True)
+    loose = f"{first['date'].year}-{first['date'].month}-{first['date'].day}"
+    response = client.post("/market", json={"observations": [{**feed[0], "date": loose, "price": 1.0}]})
+    assert response.status_code == 422 and "not an ISO date" in response.json()["error"]
+
+    # a sweep of an earlier day, run now, is history: the position's health is still the newest day's
+    earlier = client.post("/sweep", json={"as_of": (last - timedelta(days=3)).isoformat()})
+    wait_for_sweep(client, earlier.json()["sweep_id"])
+    after = client.get(f"/positions/{position['position_id']}/health").json()
+    assert after["latest"]["as_of"] == health["latest"]["as_of"] and after["latest"]["trigger"] == "market"
