@@ -1,5 +1,8 @@
 """Request limits: the API-key and body-size middleware on a bare Starlette app, and the item caps."""
 
+import logging
+import sys
+
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -45,6 +48,19 @@ def test_a_chunked_body_over_the_limit_is_413_not_500(client):
     assert response.status_code == 413 and "request body over" in response.json()["error"]
     small = client.post("/echo", content=iter([b"abc", b"def"]), headers={"X-API-Key": "s3cret"})
     assert small.status_code == 200 and small.json() == {"bytes": 6}
+
+
+def test_a_body_over_the_limit_is_logged_as_a_client_error():
+    """BentoML logs the exception the limit raises inside the app: one INFO line, not a server error."""
+    from serving.auth import BodyTooLarge
+    from serving.errors import ClientErrorsAtInfo
+
+    try:
+        raise BodyTooLarge("request body over the limit")
+    except BodyTooLarge:
+        record = logging.LogRecord("bentoml", logging.ERROR, __file__, 1, "Exception on /price", (), sys.exc_info())
+    ClientErrorsAtInfo().filter(record)
+    assert record.levelno == logging.INFO and record.exc_info is None and "413" in record.getMessage()
 
 
 @pytest.mark.parametrize("reviews", [["x" * 2001], ["fine"] * 51])

@@ -44,6 +44,7 @@ def test_corrupt_image_is_400(server):
     bad = base64.b64encode(b"\x89PNG\r\n\x1a\n this is not a png").decode()
     response = client.post("/price", json={"items": [{"spu_id": "N", "title": "mug", "image_base64": bad}]})
     assert response.status_code == 400 and "not a readable image" in response.text
+    assert response.json()["error"].startswith("image_base64: ")  # the field as sent, not the model's "images"
     response = client.post("/price", json={"items": [{"spu_id": "N", "title": "mug", "image_base64": "%%%"}]})
     assert response.status_code == 400 and "base64" in response.text
 
