@@ -37,7 +37,8 @@ def reshaped(body: bytes) -> bytes | None:
         return json.dumps(data[0]).encode()
     if isinstance(data, dict) and isinstance(data.get("detail"), list) and data["detail"] \
             and all(isinstance(d, dict) and "loc" in d for d in data["detail"]):
-        problems = "; ".join(f"{field_path(d['loc'])}: {d.get('msg', 'invalid')}" for d in data["detail"])
+        # a problem of the whole body (not JSON at all) has no field: it is the body's
+        problems = "; ".join(f"{field_path(d['loc']) or 'body'}: {d.get('msg', 'invalid')}" for d in data["detail"])
         return json.dumps({"error": problems, "detail": data["detail"]}).encode()
     return None
 

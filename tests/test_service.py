@@ -189,6 +189,8 @@ def test_every_error_has_one_shape_naming_the_field(server):
                      client.get("/no-such-route"), client.get("/price")):  # the framework's 404 and 405 too
         assert response.status_code >= 400 and isinstance(response.json(), dict) and response.json()["error"]
     assert client.get("/price").json()["error"].startswith("GET /price: ")
+    not_json = client.post("/price", content=b"{not json", headers={"content-type": "application/json"})
+    assert not_json.status_code == 400 and not_json.json()["error"].startswith("body: "), not_json.text
     # wrong types are refused, not read into numbers (true is 1, "5" is 5 to a lax parser)
     for item in ({"spu_id": "A", "quantity": True}, {"spu_id": "A", "quantity": "5"}):
         wrong = client.post("/price", json={"items": [item]})
