@@ -55,6 +55,13 @@ class DataFileError(ValueError):
 class LoadResult:
     table: pl.DataFrame
     rejects: pl.DataFrame  # row, field, value, reason: one line per problem
+    given: list[str]  # the table's columns the file has (the rest are defaults)
+    rows: pl.Series  # each table row's row number in the file (from 1, the header not counted)
+
+    def given_columns(self) -> pl.DataFrame:
+        """The rows with only the columns the file gave: what an upsert may replace in a stored row (a
+        file without ``customer_id`` must not blank the customer of an order already stored)."""
+        return self.table.select(self.given)
 
     def write_rejects(self, path: Path | str) -> Path:
         path = Path(path)
@@ -66,20 +73,25 @@ class LoadResult:
 def read_raw(path: Path | str, table: str) -> pl.DataFrame:
     """The file as a frame, with CSV cells kept as text so that type errors can name their row."""
     path = Path(path)
+    if not path.is_file():
+        raise DataFileError(path, table, [Problem(None, None, "a folder, not a file" if path.is_dir() else "file not found")])
     kind = READERS.get(path.suffix.lower())
     if kind is None:
         raise DataFileError(path, table, [Problem(None, None, f"unknown file type '{path.suffix}' "
                                                             f"(use {', '.join(sorted(READERS))})")])
-    if not path.is_file():
-        raise DataFileError(path, table, [Problem(None, None, "file not found")])
     try:
         if kind == "parquet":
             return pl.read_parquet(path)
-        if kind == "csv":
-            return pl.read_csv(path, infer_schema=False, null_values=[""])
-        return pl.read_ndjson(path, infer_schema_length=None)
+        if kind == "jsonl":
+            return pl.read_ndjson(path, infer_schema_length=None)
+        frame = pl.read_csv(path, infer_schema=False, null_values=[""])
     except Exception as exc:  # polars raises several types; the user needs the file name and the reason
         raise DataFileError(path, table, [Problem(None, None, f"malformed {kind} file: {exc}")]) from exc
+    # polars renames a repeated header to NAME_duplicated_N: which of the two is meant is not ours to guess
+    twice = sorted({c.split("_duplicated_")[0] for c in frame.columns if "_duplicated_" in c})
+    if twice:
+        raise DataFileError(path, table, [Problem(None, c, "the header names this column more than once") for c in twice])
+    return frame
 
 
 def load_table(
@@ -120,8 +132,9 @@ def validate(
         raise DataFileError(source, schema.name, [
             Problem(r[ROW], r["field"], r["reason"], r["value"]) for r in problems.iter_rows(named=True)
         ])
-    good = typed.filter(~pl.col(ROW).is_in(problems[ROW].implode())).drop(ROW)
-    return LoadResult(good.select(schema.column_names), problems.rename({ROW: "row"}))
+    good = typed.filter(~pl.col(ROW).is_in(problems[ROW].implode()))
+    return LoadResult(good.select(schema.column_names), problems.rename({ROW: "row"}),
+                      [c for c in schema.column_names if c in raw.columns], good[ROW])
 
 
 def _problems(frame: pl.DataFrame, mask: pl.Expr, field: str, reason: str, value: pl.Expr) -> pl.DataFrame:
@@ -131,6 +144,10 @@ def _problems(frame: pl.DataFrame, mask: pl.Expr, field: str, reason: str, value
         value.cast(pl.String, strict=False).alias("value"),
         pl.lit(reason).alias("reason"),
     )
+
+
+ISO_DATE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
+ISO_DATETIME = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,9})?)?)?$"
 
 
 def _cast(src: pl.Expr, src_dtype: pl.DataType, target: pl.DataType) -> pl.Expr:
@@ -144,10 +161,12 @@ def _cast(src: pl.Expr, src_dtype: pl.DataType, target: pl.DataType) -> pl.Expr:
             lowered = text.str.to_lowercase()
             return (pl.when(lowered.is_in(["true", "1", "yes", "y", "t"])).then(True)
                     .when(lowered.is_in(["false", "0", "no", "n", "f"])).then(False))
+        # ISO 8601 only: left to infer, the parser read 04/09/2024 as 4 September or 9 April depending on
+        # the file's first date, and took 2024-4-9; anything else is "not a valid Date" for that row
         if isinstance(target, pl.Datetime):
-            return text.str.to_datetime(strict=False, time_unit="us")
+            return pl.when(text.str.contains(ISO_DATETIME)).then(text).str.to_datetime(strict=False, time_unit="us")
         if target == pl.Date:
-            return text.str.to_date(strict=False)
+            return pl.when(text.str.contains(ISO_DATE)).then(text).str.to_date("%Y-%m-%d", strict=False)
         return text.cast(target, strict=False)
     if isinstance(src_dtype, pl.Datetime) and src_dtype.time_zone is not None:
         src = src.dt.convert_time_zone("UTC").dt.replace_time_zone(None)

@@ -76,7 +76,9 @@ class Store:
         return self.upsert_many({name: frame})[name]
 
     def upsert_many(self, frames: dict[str, pl.DataFrame], connection: sa.Connection | None = None) -> dict[str, int]:
-        """Upsert several tables in one transaction (or in the caller's ``connection``): all or nothing."""
+        """Upsert several tables in one transaction (or in the caller's ``connection``): all or nothing. A
+        stored row takes the frame's columns; a column the frame leaves out keeps its stored value (and a
+        new row gets its default)."""
         if connection is None:
             with self.engine.begin() as connection:
                 return self.upsert_many(frames, connection)
@@ -87,12 +89,14 @@ class Store:
             if _as_stored(name):
                 # a key twice: the later row wins, as row-by-row upserts had it (one statement cannot update a row twice)
                 rows = _completed(name, frame).unique(subset=key, keep="last", maintain_order=True)
-                bulk_insert(connection, table, rows, upsert_clause(table, [c.name for c in table.columns]))
+                given = [c for c in frame.columns if c in table.columns.keys()]
+                bulk_insert(connection, table, rows, upsert_clause(table, given))
                 written[name] = frame.height
                 continue
             rows = _to_rows(name, frame)
             statement = self.insert(table)
-            update = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in key}
+            given = set(frame.columns)
+            update = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in key and c.name in given}
             statement = (statement.on_conflict_do_update(index_elements=key, set_=update) if update
                          else statement.on_conflict_do_nothing(index_elements=key))
             for start in range(0, len(rows), CHUNK):

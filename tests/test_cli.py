@@ -45,6 +45,43 @@ def test_load_bad_csv_fails_without_writing(tmp_path):
     assert "must be > 0" in (tmp_path / "orders.csv.rejects.csv").read_text()
 
 
+def test_a_reload_with_fewer_columns_keeps_what_it_does_not_name(tmp_path):
+    db = f"sqlite:///{tmp_path}/cli.db"
+    spus = tmp_path / "spus.csv"
+    spus.write_text("spu_id,title,category,brand\nA,Red mug,mugs,Acme\n")
+    assert runner.invoke(app, ["load", "spus", str(spus), "--db", db]).exit_code == 0
+    spus.write_text("spu_id,title\nA,Red mug large\n")
+    assert runner.invoke(app, ["load", "spus", str(spus), "--db", db]).exit_code == 0
+    stored = Store(db).read("spus").row(0, named=True)
+    assert (stored["title"], stored["category"], stored["brand"]) == ("Red mug large", "mugs", "Acme")
+
+
+def test_user_mistakes_are_one_line_errors_that_write_nothing(tmp_path):
+    db = f"sqlite:///{tmp_path}/cli.db"
+    orders = tmp_path / "orders.csv"
+    orders.write_text("order_id,spu_id,quantity,unit_price,ordered_at\no1,A,1,2.0,2024-01-01\no2,A,-3,2.0,2024-01-01\n")
+    spus = tmp_path / "spus.csv"
+    spus.write_text("spu_id,title\nA,Red mug\n")
+    assert runner.invoke(app, ["load", "spus", str(spus), "--db", db]).exit_code == 0
+    # a rejects path under a file: refused before the good row is written (it was written, then a traceback)
+    result = runner.invoke(app, ["load", "orders", str(orders), "--db", db, "--skip-bad-rows",
+                                 "--rejects", str(spus / "rejects.csv")])
+    assert result.exit_code == 2 and "--rejects" in result.output and result.exception.__class__.__name__ == "SystemExit"
+    assert Store(db).count("orders") == 0
+    twice = tmp_path / "twice.csv"
+    twice.write_text("order_id,spu_id,quantity,unit_price,ordered_at,spu_id\no1,A,1,2.0,2024-01-01,B\n")
+    result = runner.invoke(app, ["load", "orders", str(twice), "--db", db])
+    assert result.exit_code == 2 and "spu_id" in result.output and "more than once" in result.output
+    result = runner.invoke(app, ["load", "orders", str(tmp_path), "--db", db])
+    assert result.exit_code == 2 and "a folder, not a file" in result.output
+    for url in ("notaurl", f"sqlite:///{spus}/x.db", "postgresql://user:s3cretpw@127.0.0.1:1/db"):
+        result = runner.invoke(app, ["load", "orders", str(orders), "--db", url])
+        assert result.exit_code == 2 and "cannot open the store" in result.output, (url, result.output)
+        assert result.exception.__class__.__name__ == "SystemExit" and "s3cretpw" not in result.output
+    result = runner.invoke(app, ["sweep", "--db", db, "--config", str(tmp_path / "nosuch.toml")])
+    assert result.exit_code == 2 and "--config" in result.output
+
+
 def test_errors_are_one_line_per_problem_and_suggest_only_what_helps(tmp_path, monkeypatch):
     monkeypatch.setenv("COLUMNS", "80")
     db = f"sqlite:///{tmp_path}/cli.db"
@@ -158,3 +195,14 @@ def test_load_market_rescores_the_moved_positions_and_refuses_bad_rows_by_name(t
     refused = load(future)
     assert refused.returncode == 1 and "1 observations applied" in refused.stdout
     assert "row 2, field 'date': 2999-01-01 is in the future" in refused.stderr + refused.stdout
+    # rows the loader skips are still counted: the refusal names the file's row 3 and its column units_sold,
+    # and the loader's rejects are written even though the load then exits 1
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_text("spu_id,date,price,units_sold\nB,2024-04-02,abc,1\nB,2024-04-03,9.0,1\nB,2024-04-04,9.0,2000000000\n"
+                     "B,2999-01-02,9.0,1\n")
+    skipped = subprocess.run([str(Path(sys.executable).parent / "pledgeval"), "load", "market", str(mixed), "--db", db,
+                              "--skip-bad-rows"], capture_output=True, text=True, env=env)
+    said = skipped.stdout + skipped.stderr
+    assert skipped.returncode == 1 and "1 observations applied" in said, said
+    assert "row 3, field 'units_sold'" in said and "row 4, field 'date'" in said, said
+    assert "abc" in (tmp_path / "mixed.csv.rejects.csv").read_text()

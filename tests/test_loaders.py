@@ -169,3 +169,24 @@ def test_nan_in_parquet_float_column(tmp_path):
                   "pledge_unit_price": [2.0]}).write_parquet(f)
     with pytest.raises(DataFileError, match="row 1, field 'loan_amount'"):
         load_table(f, "positions")
+
+
+@pytest.mark.parametrize("when", ["01/02/2024 10:00", "2024-2-1", "2024/02/01", "1 Feb 2024"])
+def test_dates_are_iso_only_never_guessed(tmp_path, when):
+    """04/09/2024 is 4 September to one reader and 9 April to another: the loader does not guess."""
+    f = write_csv(tmp_path / "orders.csv", f"""
+{ORDERS_HEADER}
+o1,A,2,3.50,2024-01-02T10:00,false
+o2,B,1,10,{when},false
+""")
+    with pytest.raises(DataFileError) as info:
+        load_table(f, "orders")
+    assert "row 2, field 'ordered_at'" in str(info.value) and "not a valid Datetime" in str(info.value)
+    positions = write_csv(tmp_path / "positions.csv", """
+position_id,loan_id,borrower,spu_id,quantity,warehouse,pledged_at,loan_amount,pledge_unit_price
+P1,L1,B1,A,10,W1,04/09/2024,50,10
+P2,L1,B1,A,10,W1,2024-04-09,50,10
+""")
+    with pytest.raises(DataFileError) as info:
+        load_table(positions, "positions", known_spus={"A"})
+    assert "row 1, field 'pledged_at'" in str(info.value) and "row 2" not in str(info.value)

@@ -197,3 +197,29 @@ def test_upsert_of_a_key_twice_keeps_the_later_row(store):
     assert store.upsert("market", rows) == n
     stored = store.read("market")
     assert stored.height == n // 2 and stored["price"].min() == n // 2 + 1  # each SPU's second row
+
+
+@pytest.mark.parametrize("orders", [1, 1_500])  # row by row, and (on PostgreSQL) through COPY
+def test_a_reload_without_optional_columns_keeps_their_stored_values(store, orders):
+    """A file without ``cancelled`` or ``customer_id`` must not un-cancel or blank a stored order; the
+    same for a catalogue file with titles only (category, brand and images stay)."""
+    from datetime import datetime
+
+    store.upsert("spus", pl.DataFrame({"spu_id": ["A"], "title": ["Red mug"], "category": ["mugs"], "brand": ["Acme"],
+                                       "images": [["a.png"]]}))
+    full = pl.DataFrame({"order_id": [f"o{i}" for i in range(orders)], "spu_id": "A", "quantity": 2, "unit_price": 3.0,
+                         "ordered_at": datetime(2024, 1, 2), "cancelled": True, "customer_id": "C1"},
+                        schema_overrides={"quantity": pl.Int64})
+    store.upsert("orders", full)
+    store.upsert("orders", full.select("order_id", "spu_id", "quantity", pl.lit(4.0).alias("unit_price"), "ordered_at")
+                 .vstack(pl.DataFrame({"order_id": ["new"], "spu_id": ["A"], "quantity": [1], "unit_price": [4.0],
+                                       "ordered_at": [datetime(2024, 1, 3)]})))
+    stored = store.read("orders").sort("order_id")
+    old = stored.filter(pl.col("order_id") != "new")
+    assert old["unit_price"].unique().to_list() == [4.0]  # a column given replaces the stored value
+    assert old["cancelled"].all() and old["customer_id"].unique().to_list() == ["C1"]
+    new = stored.filter(pl.col("order_id") == "new").row(0, named=True)
+    assert new["cancelled"] is False and new["customer_id"] is None  # a new row gets the defaults
+    store.upsert("spus", pl.DataFrame({"spu_id": ["A"], "title": ["Red mug, large"]}))
+    spu = store.read("spus").row(0, named=True)
+    assert (spu["title"], spu["category"], spu["brand"], spu["images"]) == ("Red mug, large", "mugs", "Acme", ["a.png"])

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from data.store import redact
 from embeddings.encoder import DEFAULT_CONFIG
 from valuation.pipeline import VECTOR_CACHE
 
@@ -30,6 +31,25 @@ ConfigOption = Annotated[str, typer.Option("--config", help="Encoder config: a n
 CacheOption = Annotated[Path, typer.Option(help="Vector cache file.")]
 DEFAULT_ENCODER = DEFAULT_CONFIG
 DEFAULT_CACHE = VECTOR_CACHE
+
+
+def open_store(db: str | None):
+    """The store named by ``--db`` (or $PLEDGEVAL_DB_URL, or the default), or a one-line error naming it."""
+    import sqlalchemy as sa
+
+    from data import Store
+    from data.store import database_url
+
+    url = database_url(db)
+    try:
+        return Store(url)
+    except (sa.exc.SQLAlchemyError, ImportError, OSError) as exc:
+        try:
+            shown = redact(url)
+        except sa.exc.ArgumentError:
+            shown = "(not a database URL)"
+        first = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        fail(f"cannot open the store {shown} (--db or $PLEDGEVAL_DB_URL): {first}")
 
 
 def fail(message: str, code: int = 2) -> None:

@@ -9,9 +9,10 @@ import polars as pl
 import typer
 
 from data import DataFileError, Store, generate_demo_catalog, load_table, read_online_retail
+from data.loaders import LoadResult
 from data.schemas import REFERENCES_SPUS, TABLES
 from data.store import redact
-from serving.cli._common import DbOption, app, console, errors, fail, print_counts, print_rows
+from serving.cli._common import DbOption, app, console, errors, fail, open_store, print_counts, print_rows
 
 
 @app.command("demo-data")
@@ -41,7 +42,7 @@ def load(
     5,000 (each all or nothing; a run stopped half way is finished by running it again)."""
     if table not in TABLES:
         fail(f"unknown table '{table}' (known: {', '.join(TABLES)})")
-    store = Store(db)
+    store = open_store(db)
     known = store.spu_ids() if table in REFERENCES_SPUS else None
     try:
         result = load_table(file, table, skip_bad_rows=skip_bad_rows, known_spus=known)
@@ -50,17 +51,20 @@ def load(
         row_level = any(p.row is not None for p in exc.problems)
         fail(f"{exc}\n(nothing was written" + ("; --skip-bad-rows loads the good rows and writes the rejects)"
                                                if row_level and not skip_bad_rows else ")"))
-    if table == "market":
-        _apply_market(store, result.table, file, model)
-    else:
-        written = store.upsert(table, result.table)
-        console.print(f"{table}: {written} rows upserted into {redact(store.url)}")
-    if result.rejects.height:
-        path = result.write_rejects(rejects or file.with_name(file.name + ".rejects.csv"))
+    if result.rejects.height:  # first: a rejects path that cannot be written stops the load before it writes
+        try:
+            path = result.write_rejects(rejects or file.with_name(file.name + ".rejects.csv"))
+        except OSError as exc:
+            fail(f"--rejects: cannot write {exc.filename or rejects}: {exc.strerror or exc} (nothing was written)")
         errors.print(f"[yellow]{result.rejects['row'].n_unique()} bad rows skipped; reasons in {path}[/]")
+    if table == "market":
+        _apply_market(store, result, file, model)
+    else:
+        written = store.upsert(table, result.given_columns())
+        console.print(f"{table}: {written} rows upserted into {redact(store.url)}")
 
 
-def _apply_market(store: Store, market: pl.DataFrame, file: Path, model: str | None) -> None:
+def _apply_market(store: Store, loaded: LoadResult, file: Path, model: str | None) -> None:
     from monitoring.jobs import monitor_for
     from monitoring.market_updates import MAX_OBSERVATIONS, apply_market_updates, file_observations
 
@@ -68,7 +72,7 @@ def _apply_market(store: Store, market: pl.DataFrame, file: Path, model: str | N
         monitor = monitor_for(store, model)
     except LookupError as exc:
         fail(str(exc))
-    observations = file_observations(market, f"file:{file.name}")
+    observations = file_observations(loaded.table, f"file:{file.name}")
     totals = {"applied": 0, "unchanged": 0, "positions_rescored": 0, "alerts": 0}
     problems = []
     for start in range(0, observations.height, MAX_OBSERVATIONS):
@@ -79,7 +83,10 @@ def _apply_market(store: Store, market: pl.DataFrame, file: Path, model: str | N
     console.print(f"market: {totals['applied']} observations applied, {totals['unchanged']} already stored, into "
                   f"{redact(store.url)}; {totals['positions_rescored']} positions re-scored, {totals['alerts']} alerts")
     if problems:
-        shown = "\n".join(f"  row {p['item'] + 1}, field '{p['field']}': {p['error']}" for p in problems[:20])
+        # named as in the file: its row (rows the loader skipped are not counted out) and its column
+        rows, column = loaded.rows.to_list(), {"units": "units_sold"}
+        shown = "\n".join(f"  row {rows[p['item']]}, field '{column.get(p['field'], p['field'])}': {p['error']}"
+                           for p in problems[:20])
         errors.print(f"[yellow]{len({p['item'] for p in problems})} observations refused (the others are "
                      f"applied):[/]\n{shown}")
         raise typer.Exit(1)
@@ -96,7 +103,7 @@ def import_online_retail(
         retail = read_online_retail(path, until=until)
     except DataFileError as exc:
         fail(str(exc))
-    store = Store(db)
+    store = open_store(db)
     counts = {name: store.upsert(name, getattr(retail, name)) for name in ("spus", "orders", "market")}
     print_counts(f"Online Retail -> {redact(store.url)}", counts)
     for reason, n in retail.dropped.items():
@@ -119,7 +126,7 @@ def demo(
     if not (folder / "positions.parquet").is_file():
         console.print(f"building the demo catalogue in {folder} ({spus} SPUs, seed {seed}) ...")
         generate_demo_catalog(folder, n_spus=spus, seed=seed)
-    store = Store(db)
+    store = open_store(db)
     try:
         counts = load_catalog_into(store, folder)
     except DataFileError as exc:

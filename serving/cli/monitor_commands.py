@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from data import DataFileError, Store, read_online_retail
-from serving.cli._common import DbOption, app, console, fail, print_rows
+from data import DataFileError, read_online_retail
+from serving.cli._common import DbOption, app, console, fail, open_store, print_rows
 
 
 @app.command("sweep")
@@ -34,10 +34,16 @@ def sweep(
         when = date.fromisoformat(as_of) if as_of else None
     except ValueError:
         fail(f"--as-of: not an ISO date: {as_of!r}")
+    if config is not None and not config.is_file():
+        fail(f"--config: no file {config}")
+    store = open_store(db)
     try:
-        outcome, path = sweep_with_report(monitor_for(Store(db), model, config), when, reports, parts=parts)
+        outcome, path = sweep_with_report(monitor_for(store, model, config), when, reports, parts=parts)
     except (SweepLocked, ValueError, LookupError) as exc:
         fail(str(exc))
+    except OSError as exc:  # the report's folder: the sweep itself is stored by then
+        fail(f"--reports: cannot write the report: {exc} (the sweep is stored; `pledgeval sweep` again with "
+             f"another --reports writes it)")
     verb = "swept" if outcome.created else "already swept (nothing changed)"
     console.print(f"{outcome.sweep_id}: {verb}; {outcome.n_positions} positions, {outcome.n_alerts} alerts; "
                   f"actions {outcome.summary['actions']}; report {path}")
