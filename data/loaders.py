@@ -74,7 +74,8 @@ def read_raw(path: Path | str, table: str) -> pl.DataFrame:
     """The file as a frame, with CSV cells kept as text so that type errors can name their row."""
     path = Path(path)
     if not path.is_file():
-        raise DataFileError(path, table, [Problem(None, None, "a folder, not a file" if path.is_dir() else "file not found")])
+        reason = "a folder, not a file" if path.is_dir() else "file not found"
+        raise DataFileError(path, table, [Problem(None, None, reason)])
     kind = READERS.get(path.suffix.lower())
     if kind is None:
         raise DataFileError(path, table, [Problem(None, None, f"unknown file type '{path.suffix}' "
@@ -90,7 +91,8 @@ def read_raw(path: Path | str, table: str) -> pl.DataFrame:
     # polars renames a repeated header to NAME_duplicated_N: which of the two is meant is not ours to guess
     twice = sorted({c.split("_duplicated_")[0] for c in frame.columns if "_duplicated_" in c})
     if twice:
-        raise DataFileError(path, table, [Problem(None, c, "the header names this column more than once") for c in twice])
+        raise DataFileError(path, table, [Problem(None, c, "the header names this column more than once")
+                                          for c in twice])
     return frame
 
 

@@ -95,8 +95,8 @@ class Store:
                 continue
             rows = _to_rows(name, frame)
             statement = self.insert(table)
-            given = set(frame.columns)
-            update = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in key and c.name in given}
+            update = {c.name: statement.excluded[c.name] for c in table.columns
+                      if c.name not in key and c.name in frame.columns}
             statement = (statement.on_conflict_do_update(index_elements=key, set_=update) if update
                          else statement.on_conflict_do_nothing(index_elements=key))
             for start in range(0, len(rows), CHUNK):

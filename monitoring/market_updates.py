@@ -92,9 +92,11 @@ def check_observations(frame: pl.DataFrame, known_spus: set[str], first_dates: d
         ("date", pl.col("_day") < pl.col("_first"),
          pl.format("{} is before the SPU's first market observation ({})", pl.col("_day"), pl.col("_first"))),
         ("price", price.is_null() | price.is_nan() | price.is_infinite() | (price <= 0) | (price > MAX_PRICE),
-         pl.format(f"must be a finite number > 0 and at most {MAX_PRICE:.0e} (got {{}})", price.cast(pl.String).fill_null("nothing"))),
+         pl.format(f"must be a finite number > 0 and at most {MAX_PRICE:.0e} (got {{}})",
+                   price.cast(pl.String).fill_null("nothing"))),
         ("units", units.is_null() | (units < 0) | (units > MAX_UNITS),
-         pl.format(f"must be an integer from 0 to {MAX_UNITS:,} (got {{}})", units.cast(pl.String).fill_null("nothing"))),
+         pl.format(f"must be an integer from 0 to {MAX_UNITS:,} (got {{}})",
+                   units.cast(pl.String).fill_null("nothing"))),
         ("source", pl.col("source").str.len_chars() > MAX_SOURCE_CHARS, pl.lit(f"at most {MAX_SOURCE_CHARS} characters")),
     ]
     bad = pl.concat([frame.filter(is_bad.fill_null(False)).select("item", pl.lit(name).alias("field"), reason.alias("error"))

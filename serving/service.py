@@ -283,7 +283,8 @@ class PledgeService:
         from monitoring.delivery import alert_payload
 
         (seq, after), count = _since(since), _limit(limit)
-        rows = self.monitor.log.alerts_since(seq, created_after=after, limit=count + 1)  # one more: is there a next page
+        # one row more than asked: whether it came is whether another page is there
+        rows = self.monitor.log.alerts_since(seq, created_after=after, limit=count + 1)
         more, rows = len(rows) > count, rows[:count]
         return {"alerts": [alert_payload(r) for r in rows], "cursor": rows[-1]["seq"] if rows else seq, "more": more}
 

@@ -165,9 +165,12 @@ def server(small_catalog, tmp_path_factory):
         store.upsert(name, load_table(folder / f"{name}.parquet", name).table)
     store.close()
     port = free_port()
+    # the server's log goes to a file: a pipe nobody reads fills at 64 KB, and the server then hangs on its
+    # next log line (seen as requests timing out once a test module sent enough of them)
+    log = tmp_path_factory.mktemp("server") / "server.log"
     process = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "serving.service:PledgeService",
                                 "--port", str(port)], env=env, cwd=Path(__file__).resolve().parents[1],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+                               stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -177,7 +180,7 @@ def server(small_catalog, tmp_path_factory):
         except httpx.HTTPError:
             pass
         if process.poll() is not None:
-            pytest.fail(f"server exited: {process.stdout.read().decode()[-3000:]}")
+            pytest.fail(f"server exited: {log.read_text(errors='replace')[-3000:]}")
         time.sleep(0.5)
     else:
         os.killpg(process.pid, signal.SIGTERM)
