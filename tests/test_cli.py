@@ -80,6 +80,34 @@ def test_user_mistakes_are_one_line_errors_that_write_nothing(tmp_path):
         assert result.exception.__class__.__name__ == "SystemExit" and "s3cretpw" not in result.output
     result = runner.invoke(app, ["sweep", "--db", db, "--config", str(tmp_path / "nosuch.toml")])
     assert result.exit_code == 2 and "--config" in result.output
+    result = runner.invoke(app, ["backtest", "--online-retail", str(tmp_path / "no-such-file")])
+    assert result.exit_code == 2 and "file not found" in result.output, result.output
+
+
+def test_a_sweep_whose_report_cannot_be_written_says_the_sweep_is_stored(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from datetime import date, timedelta
+    from pathlib import Path
+
+    db = f"sqlite:///{tmp_path}/cli.db"
+    store = Store(db)
+    store.upsert("spus", pl.DataFrame({"spu_id": ["A"], "title": ["Red mug"]}))
+    days = [date(2024, 3, 1) + timedelta(days=i) for i in range(31)]
+    store.upsert("market", pl.DataFrame({"spu_id": "A", "date": days, "price": 10.0, "units_sold": 5}))
+    store.upsert("positions", pl.DataFrame({
+        "position_id": ["P1"], "loan_id": ["L1"], "borrower": ["X"], "spu_id": ["A"], "quantity": [100],
+        "warehouse": ["W"], "pledged_at": [date(2024, 3, 20)], "loan_amount": [700.0], "pledge_unit_price": [7.0]}))
+    store.close()
+    under_a_file = tmp_path / "a-file"
+    under_a_file.write_text("")
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "COLUMNS": "400"}  # no model: the rules
+    result = subprocess.run([str(Path(sys.executable).parent / "pledgeval"), "sweep", "--db", db, "--reports",
+                             str(under_a_file / "reports")], capture_output=True, text=True, env=env)
+    said = result.stdout + result.stderr
+    assert result.returncode == 2 and "--reports" in said and "the sweep is stored" in said, said
+    assert "Traceback" not in said and Store(db).count("sweeps") == 1
 
 
 def test_errors_are_one_line_per_problem_and_suggest_only_what_helps(tmp_path, monkeypatch):
