@@ -22,6 +22,7 @@ from datetime import date, datetime
 
 import polars as pl
 
+from data.loaders import ISO_DATE
 from data.schemas import MARKET
 from monitoring.health import realert, with_comparables
 from monitoring.sweep import Monitor, outbox_rows, reasons_json
@@ -76,7 +77,7 @@ def check_observations(frame: pl.DataFrame, known_spus: set[str], first_dates: d
                        today: date) -> tuple[pl.DataFrame, list[dict]]:
     """(the good observations as market rows with their source, one error per bad field). Vectorised."""
     # the pattern first: on its own, the parser also took "2024-4-9", " 2024-04-29" and "+2024-04-29"
-    iso = pl.col("date").str.contains(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+    iso = pl.col("date").str.contains(ISO_DATE)
     frame = frame.with_row_index("item").with_columns(
         pl.when(iso).then(pl.col("date").str.to_date("%Y-%m-%d", strict=False)).alias("_day"))
     first = pl.DataFrame({"spu_id": list(first_dates), "_first": list(first_dates.values())},

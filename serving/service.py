@@ -195,8 +195,8 @@ class PledgeService:
             raise BentoMLException("; ".join(_as_sent(e) for e in errors), error_code=status_of(errors[0]))
         for answer in answers:
             answer["error"] = answer["error"] and _as_sent(answer["error"])
-        for answer in answers:
-            answer["comparables"] = [_image_by_url(c) for c in answer["comparables"] or []] or answer["comparables"]
+            for comparable in answer["comparables"] or []:
+                _image_by_url(comparable)
         return answers
 
     def _answers(self, items: list[PriceItem]) -> list[dict]:
