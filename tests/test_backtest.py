@@ -290,6 +290,27 @@ def test_spus_with_history_get_the_learned_haircut_new_ones_the_rules(learned_mo
     assert again["pledge_unit_price"][0] == pytest.approx(learned["pledge_unit_price"])
 
 
+def test_a_learned_haircut_past_the_cap_lends_the_bound_not_the_cap(learned_model):
+    """A value far above the market price pushes the learned haircut past the policy's cap. Clipping it
+    there would lend (1 - cap) x value, more than the recovery bound: the loan stays the bound, and the
+    SPU is rejected as at cap."""
+    import numpy as np
+
+    from valuation.policy import HAIRCUT_PARTS
+
+    recovery = learned_model.recovery
+    spu = recovery.state["spu_id"][0]
+    price = float(recovery.state["price"][0])
+    value = 100 * price  # the bound x min(value, P) is at most P: under 1% of this value
+    cols = {"matched_spu_id": [spu], "quantity": np.array([10.0]), "value": np.array([value]),
+            "haircut": np.array([0.5]), "pledge_unit_price": np.array([value / 2]), "haircut_at_cap": np.array([False]),
+            **{part: np.array([0.1]) for part in HAIRCUT_PARTS}}
+    out = recovery.columns(cols, floor=0.05, cap=0.90)
+    bound = 1 - out["haircut_recovery"][0]
+    assert out["pledge_unit_price"][0] == pytest.approx(bound * price) and out["pledge_unit_price"][0] < 0.1 * value
+    assert out["haircut"][0] > 0.90 and out["haircut_at_cap"][0]
+
+
 def test_admission_of_a_learned_haircut_rests_on_the_breach_probability():
     from valuation.policy import AdmissionPolicy, load_policy
 
