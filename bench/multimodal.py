@@ -57,6 +57,7 @@ from embeddings.encoder import Encoder  # noqa: E402
 from embeddings.features import ORDER_FEATURES  # noqa: E402
 from embeddings.spu import _normalise, fuse  # noqa: E402
 from embeddings.training import TrainReport, retrieval_recall  # noqa: E402
+from valuation.attributes import ATTRIBUTES  # noqa: E402
 from valuation.metrics import paired_smape_gain, value_metrics  # noqa: E402
 from valuation.training import ValueModel  # noqa: E402
 
@@ -169,8 +170,11 @@ def price_arm(vectors: SpuVectors, spus: pl.DataFrame, prices: pl.DataFrame, par
     index.add(parts.train_ids, train_vectors.content)
     titles = dict(zip(spus["spu_id"].to_list(), spus["title"].to_list()))
     launch = pl.DataFrame({"spu_id": parts.train_ids}).join(prices, on="spu_id", how="left", maintain_order="left")
-    model = ValueModel(random_state=seed).fit(index, train_vectors, titles, launch)
-    values, _ = model.predict(index, vectors.take(parts.test_ids), [titles[s] for s in parts.test_ids])
+    # category (article type) and brand, as the spus table gives them to `pledgeval train`
+    attributes = {row.pop("spu_id"): row for row in spus.select("spu_id", *ATTRIBUTES).iter_rows(named=True)}
+    model = ValueModel(random_state=seed).fit(index, train_vectors, titles, launch, attributes=attributes)
+    values, _ = model.predict(index, vectors.take(parts.test_ids), [titles[s] for s in parts.test_ids],
+                              attributes=[attributes[s] for s in parts.test_ids])
     out = values.select("spu_id", pl.col("log_value").exp().alias("value"), pl.col("log_low").exp().alias("low"),
                         pl.col("log_high").exp().alias("high"))
     return out, model.cold.head_.chosen_

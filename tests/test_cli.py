@@ -178,6 +178,11 @@ def test_train_and_price_commands(small_catalog, tmp_path, monkeypatch):
     assert answers["spu_id"].to_list() == [known, "NEW-9"] and answers["error"].null_count() == 2
     assert set(answers.columns) >= {"value", "value_low", "value_high", "haircut", "pledge_unit_price", "decision",
                                     "reasons", "comparables"}
+    # a new SPU's category and brand, as CSV columns; a brand of digits is still a brand, not a number
+    requests.write_text("spu_id,title,category,brand\nNEW-9,Aurora AA-1 Gold Watch,lamp,7\n")
+    priced = runner.invoke(app, ["price", "--input", str(requests), "--output", str(out)])
+    assert priced.exit_code == 0, priced.output
+    assert pl.read_parquet(out)["category"].to_list() == ["lamp"]
     requests.write_text("spu_id,quantity\nNOPE,5\n")
     failed = runner.invoke(app, ["price", "--input", str(requests), "--output", str(out)])
     assert failed.exit_code == 1 and "unknown spu_id 'NOPE'" in failed.output

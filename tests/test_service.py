@@ -33,6 +33,15 @@ def test_good_price_request(server):
     assert new["head"] == "cold" and new["decision"] == "review" and new["error"] is None
 
 
+def test_a_new_spus_category_and_brand_reach_the_model(server):
+    client, _ = server
+    item = {"spu_id": "NEW", "title": "QQ-1 Leather Watch"}
+    plain, given = client.post("/price", json={"items": [item, {**item, "category": "lamp", "brand": "Basix"}]}).json()
+    assert given["category"] == "lamp" and plain["category"] != "lamp" and given["value"] != plain["value"]
+    response = client.post("/price", json={"items": [{**item, "brand": 7}]})
+    assert response.status_code in (400, 422) and "brand" in response.text
+
+
 def test_unknown_spu_is_404_with_the_id(server):
     client, _ = server
     response = client.post("/price", json={"items": [{"spu_id": "NO-SUCH-SPU"}]})

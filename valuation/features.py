@@ -61,14 +61,19 @@ def find_comparables(index: SpuIndex, content: np.ndarray, reference: dict[str, 
     return Comparables(ids, sims, prices)
 
 
-def cold_matrix(vectors: SpuVectors, by_title: Comparables, by_image: Comparables, lexical: np.ndarray) -> np.ndarray:
+def cold_matrix(vectors: SpuVectors, by_title: Comparables, by_image: Comparables, lexical: np.ndarray,
+                attributes: np.ndarray | None = None) -> np.ndarray:
     """``by_title`` / ``by_image``: priced comparables found by title vector and by image vector;
-    ``lexical``: the sparse title models' log prices per SPU, one column per view (out-of-fold when training)."""
-    return np.column_stack([
+    ``lexical``: the sparse title models' log prices per SPU, one column per view (out-of-fold when training);
+    ``attributes``: the catalogue attributes' encoded log prices (valuation.attributes), none without them."""
+    blocks = [
         vectors.title, vectors.image, vectors.has["image"].astype(float), vectors.has["title"].astype(float),
         by_title.features(), by_image.features(), np.asarray(lexical, dtype=np.float64), vectors.negativity,
         vectors.rating, np.log1p(vectors.n_reviews),
-    ]).astype(np.float64)
+    ]
+    if attributes is not None and attributes.shape[1]:
+        blocks.append(np.asarray(attributes, dtype=np.float64))
+    return np.column_stack(blocks).astype(np.float64)
 
 
 def warm_matrix(cold: np.ndarray, vectors: SpuVectors) -> np.ndarray:

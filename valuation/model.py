@@ -24,6 +24,7 @@ from embeddings.encoder import DEFAULT_CONFIG
 from embeddings.catalog import build_spu_index
 from embeddings.encoder import ImageError
 from embeddings.matching import best_candidate
+from valuation.attributes import ATTRIBUTES
 from valuation.policy import HAIRCUT_PARTS, AdmissionPolicy, HaircutPolicy, currency_of, load_policy
 from valuation.recovery import DRIVER_TYPE, LEARNED_COLUMNS, LearnedHaircut, neighbours_from
 from valuation.training import ValueModel, forward_prices, launch_prices
@@ -99,7 +100,7 @@ class PledgeModel:
                                  orders.filter(pl.col("ordered_at") <= as_of), as_of=as_of)
         log and log(f"fitting value heads on {launch.height} priced SPUs ...")
         values = ValueModel().fit(index, vectors, titles, launch, forward=forward_prices(orders, as_of),
-                                  history=history)
+                                  history=history, attributes=_attributes_of(spus))
         side = spus.select("spu_id", "title", *[c for c in ("category", "brand") if c in spus.columns],
                            pl.col("images").list.first().alias("image") if "images" in spus.columns
                            else pl.lit(None, dtype=pl.String).alias("image"))
@@ -289,7 +290,8 @@ class PledgeModel:
         catalog = self._catalog_columns()
         at = np.array([self._catalog_row[s] for _, s, _ in catalog_rows], dtype=np.int64)
         valued = _columns(self._value(new_vectors.take([str(i) for i in new_ids]),
-                                      [rows[i].get("title") or "" for i in new_ids], known=False)) if new_ids else None
+                                      [rows[i].get("title") or "" for i in new_ids], known=False,
+                                      given=[rows[i] for i in new_ids])) if new_ids else None
         order = [r for r, _, _ in catalog_rows] + new_ids
         back = np.argsort(order, kind="stable")
         cols = {name: (np.concatenate([catalog[name][at], valued[name]]) if valued is not None else catalog[name][at])[back]
@@ -330,6 +332,13 @@ class PledgeModel:
         return self._title_of
 
     @property
+    def _side_attributes(self) -> dict[str, dict]:
+        """spu_id -> category and brand of every known SPU."""
+        if getattr(self, "_attributes", None) is None:
+            self._attributes = _attributes_of(self.side)
+        return self._attributes
+
+    @property
     def _haircut(self) -> HaircutPolicy:
         return HaircutPolicy(self.policy)
 
@@ -348,12 +357,17 @@ class PledgeModel:
             self._rows = {s: i for i, s in enumerate(self.catalog.spu_ids)}
         return self._rows
 
-    def _value(self, vectors: SpuVectors, titles: list[str], known: bool) -> pl.DataFrame:
-        values, comparables = self.values.predict(self.index, vectors, titles, exclude_self=True)
+    def _value(self, vectors: SpuVectors, titles: list[str], known: bool, given: list[dict] | None = None) -> pl.DataFrame:
+        """``given``: new SPUs' requests, whose category and brand (where sent) the value and haircut use."""
+        side = self._side_attributes
+        if known:
+            given = [side.get(s, {}) for s in vectors.spu_ids]
+        values, comparables = self.values.predict(self.index, vectors, titles, exclude_self=True, attributes=given)
         history = vectors.order_features
-        categories = dict(zip(self.side["spu_id"].to_list(), self.side["category"].to_list()))
-        # a known SPU has its own category; a new one is taken to be in its nearest comparable's
-        category_of = [s if known else (ids[0] if ids else None) for s, ids in zip(vectors.spu_ids, comparables.spu_ids)]
+        # a known SPU has its own category; a new one the request's, else its nearest comparable's
+        category = [side.get(s, {}).get("category") if known else
+                    (g or {}).get("category") or (side.get(ids[0], {}).get("category") if ids else None)
+                    for s, ids, g in zip(vectors.spu_ids, comparables.spu_ids, given or [None] * len(vectors.spu_ids))]
         return pl.DataFrame({
             "spu_id": vectors.spu_ids,
             "head": values["head"],
@@ -363,7 +377,7 @@ class PledgeModel:
             "daily_volatility": history["volatility"],
             "units_per_day": history["sales_velocity"].exp() - 1,
             "negativity": [None if np.isnan(x) else float(x) for x in vectors.negativity],
-            "category": pl.Series([categories.get(s) for s in category_of], dtype=pl.String),
+            "category": pl.Series(category, dtype=pl.String),
             "comparables": [self._comparables(ids, sims, prices) for ids, sims, prices in
                             zip(comparables.spu_ids, comparables.similarity, comparables.log_price)],
         })
@@ -439,6 +453,12 @@ class PledgeModel:
         return cls.load(bentoml.models.get(tag).path)
 
 
+def _attributes_of(spus: pl.DataFrame) -> dict[str, dict]:
+    """spu_id -> its catalogue attributes (ATTRIBUTES), None where the table lacks one."""
+    columns = [pl.col(name) if name in spus.columns else pl.lit(None, dtype=pl.String).alias(name) for name in ATTRIBUTES]
+    return {row.pop("spu_id"): row for row in spus.select("spu_id", *columns).iter_rows(named=True)}
+
+
 def _columns(frame: pl.DataFrame) -> dict[str, np.ndarray]:
     """The valued columns as numpy arrays: floats with NaN for null, anything else as objects."""
     out = {}
@@ -505,15 +525,16 @@ def _check_request(row: dict, known: KeysView[str]) -> None:
     if quantity is not None:
         if isinstance(quantity, bool) or not isinstance(quantity, (int, np.integer)) or quantity <= 0:
             raise PricingError("quantity", f"must be a whole number > 0, got {quantity!r}")
-    title = row.get("title")
-    if title is not None and not isinstance(title, str):
-        raise PricingError("title", "must be text")
+    for name in ("title", *ATTRIBUTES):
+        if row.get(name) is not None and not isinstance(row[name], str):
+            raise PricingError(name, "must be text")
     for name in ("images", "reviews"):
         value = row.get(name)
         if value is not None and not isinstance(value, (list, tuple)):
             raise PricingError(name, "must be a list")
     if any(not isinstance(r, str) for r in row.get("reviews") or []):
         raise PricingError("reviews", "each review must be text")
+    title = row.get("title")
     if spu_id not in known and not (title and title.strip()) and not row.get("images"):
         raise PricingError("spu_id", f"unknown spu_id '{spu_id}': give a title or an image to price a new SPU")
 

@@ -195,7 +195,8 @@ def train(
 
 @app.command("price")
 def price(
-    input: Annotated[Path, typer.Option("--input", help="Requests: spu_id, title?, images?, reviews?, quantity?")],
+    input: Annotated[Path, typer.Option("--input", help="Requests: spu_id, title?, images?, reviews?, quantity?, "
+                                                    "category?, brand?")],
     output: Annotated[Path, typer.Option("--output", help="Answers (.parquet, .csv or .jsonl).")],
     model: Annotated[str, typer.Option("--model", help="BentoML model tag or a saved model folder.")] = MODEL_TAG,
 ) -> None:
@@ -211,6 +212,8 @@ def price(
     for column in ("images", "reviews"):
         if column in requests.columns and requests.schema[column] == pl.String:
             requests = requests.with_columns(pl.col(column).str.split("|"))
+    # a CSV column of brands like "3" is read as numbers: attributes are text
+    requests = requests.with_columns(pl.col(c).cast(pl.String) for c in ("category", "brand") if c in requests.columns)
     if "quantity" in requests.columns and requests.schema["quantity"] == pl.String:
         requests = requests.with_columns(pl.col("quantity").str.strip_chars().cast(pl.Int64, strict=False))
     try:
