@@ -450,6 +450,8 @@ def test_a_new_spu_priced_by_its_title_alone_is_valued_like_its_category(pledge_
     26,000 here (watches sell at about 140). Requests without a photo have a head of their own."""
     model, tables = pledge_model
     assert (tables["spus"]["images"].list.len() > 0).all()
+    mae = model.metrics["title_only_mae"]  # the head was tried, and kept because it won on the newest SPUs
+    assert model.metrics["title_only_head"] is True and mae["title_only"] < mae["cold"]
     watches = tables["spus"].filter(pl.col("category") == "watch")["spu_id"].implode()
     median = tables["orders"].filter(pl.col("spu_id").is_in(watches))["unit_price"].median()
     for title in ("Kestrel QZ-100 Leather Watch", "Aurora QX-7 Gold Watch Large"):

@@ -108,7 +108,10 @@ class PledgeModel:
             side = side.with_columns(pl.lit(None, dtype=pl.String).alias("category"))
         metrics = {"n_spus": spus.height, "n_priced": launch.height, "train_seconds": round(time.monotonic() - started, 1),
                    "cold_head": values.cold.head_.chosen_, "cold_cv_mae_log": values.cold.head_.cv_mae_,
-                   "warm_head": values.warm.head_.chosen_ if values.warm else None}
+                   "warm_head": values.warm.head_.chosen_ if values.warm else None,
+                   # requests without a photo: their own head, or the cold head (null: not tried), and why
+                   "title_only_head": None if values.title_only_mae_ is None else values.cold_title_only is not None,
+                   "title_only_mae": values.title_only_mae_}
         model = cls(encoder_config=encoder.config, embedder=embedder, index=index, catalog=vectors, side=side,
                     values=values, policy=policy or load_policy(), metrics=metrics,
                     data_fingerprint=_fingerprint_tables(tables))

@@ -81,6 +81,7 @@ class ValueModel:
     attributes: AttributePricer | None = None  # None: a model from before attributes, or fitted without them
     attributes_of: dict[str, dict] = field(default_factory=dict)  # priced SPUs' attributes (fill a request's gaps)
     cold_title_only: ConformalValueModel | None = None  # for requests without a photo, where few trained without one
+    title_only_mae_: dict[str, float] | None = None  # why: each head's error on the newest SPUs, photo removed
     cold: ConformalValueModel | None = None
     warm: ConformalValueModel | None = None
     reference: dict[str, float] = field(default_factory=dict)  # comparables' log launch prices
@@ -118,7 +119,7 @@ class ValueModel:
         X = cold_matrix(sub, *self._comparables(sub, ids), lexical_oof, attribute_oof)
         order = launch["first_sold"].dt.epoch("s").to_numpy()
         self.cold = self._head(index.dim).fit(X, y, order)
-        self.cold_title_only = None
+        self.cold_title_only, self.title_only_mae_ = None, None
         rows = self._title_only_rows(sub)
         if rows is not None:
             Xt = self._without_image(subset(sub, [ids[i] for i in rows]), lexical_oof[rows], attribute_oof[rows])

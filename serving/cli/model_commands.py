@@ -212,7 +212,7 @@ def price(
     for column in ("images", "reviews"):
         if column in requests.columns and requests.schema[column] == pl.String:
             requests = requests.with_columns(pl.col(column).str.split("|"))
-    # a CSV column of brands like "3" is read as numbers: attributes are text
+    # CSV cells are read as text already; a JSONL or parquet file may hold a brand of digits as a number
     requests = requests.with_columns(pl.col(c).cast(pl.String) for c in ("category", "brand") if c in requests.columns)
     if "quantity" in requests.columns and requests.schema["quantity"] == pl.String:
         requests = requests.with_columns(pl.col("quantity").str.strip_chars().cast(pl.Int64, strict=False))
